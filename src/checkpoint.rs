@@ -1,0 +1,435 @@
+//! The native checkpoint: one `.safetensors` file.
+//!
+//! Super-net tensors carry MONAI's DiNTS key names (every op of the space is held, so
+//! `op.ops.K` with K = op index); the HyperSegNAS parts are `encoder.*`, `man.*` and
+//! `w_fixed`. Linear weights are stored `[out, in]` as in PyTorch. The configuration (search
+//! space, channels, classes, pre-processing, ROI, MAN widths, and an optional default
+//! architecture) is JSON under the metadata key `hypersegnas`, so a PyTorch user can open
+//! the file with the `safetensors` package and read everything.
+//!
+//! Loading maps the file into memory and copies each tensor once into the backend, so a
+//! paper-scale checkpoint (about 2.5 GB, mostly the MAN) never exists twice in memory.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::{Device, Tensor};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView, View};
+use serde::{Deserialize, Serialize};
+
+use crate::arch::{ArchCode, ArchFile};
+use crate::model::weights::Layout;
+use crate::model::{ModelError, Network, NetworkConfig, OpKeys, TensorSource};
+
+/// The metadata key holding the configuration JSON.
+pub const METADATA_KEY: &str = "hypersegnas";
+/// The `format` value of the configuration JSON.
+pub const FORMAT: &str = "hypersegnas-checkpoint";
+
+/// How image intensities are normalised before the network.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Intensity {
+    /// CT window: `(v - a_min) / (a_max - a_min)`, clipped to [0, 1] when `clip`.
+    CtWindow {
+        /// Lower end of the window (HU).
+        a_min: f32,
+        /// Upper end of the window (HU).
+        a_max: f32,
+        /// Clip to [0, 1].
+        clip: bool,
+    },
+    /// Zero mean, unit variance over the volume (over non-zero voxels when `nonzero`), for MR.
+    ZScore {
+        /// Use only non-zero voxels for the statistics.
+        nonzero: bool,
+    },
+    /// Leave values as they are.
+    None,
+}
+
+/// Pre-processing a checkpoint expects.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Preprocess {
+    /// Target orientation; only `RAS` is supported.
+    pub orientation: String,
+    /// Target voxel size in mm (x, y, z of the RAS grid); `None` keeps the input's.
+    pub spacing: Option<[f64; 3]>,
+    /// Intensity normalisation.
+    pub intensity: Intensity,
+}
+
+impl Preprocess {
+    /// RAS, 1.5 mm, CT window [-175, 250] HU (a common abdominal window).
+    pub fn ct_default() -> Self {
+        Self {
+            orientation: "RAS".into(),
+            spacing: Some([1.5; 3]),
+            intensity: Intensity::CtWindow {
+                a_min: -175.0,
+                a_max: 250.0,
+                clip: true,
+            },
+        }
+    }
+}
+
+/// Everything a checkpoint says about itself besides the tensors.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CheckpointConfig {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// Format version, 1.
+    pub version: u32,
+    /// Network shapes and search space.
+    pub network: NetworkConfig,
+    /// One name per class, background first.
+    pub class_names: Vec<String>,
+    /// Pre-processing.
+    pub preprocess: Preprocess,
+    /// Sliding-window ROI (x, y, z voxels).
+    pub roi: [usize; 3],
+    /// The checkpoint's own architecture (for example the searched or fine-tuned one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<ArchFile>,
+    /// Free-form training state (iteration, phase, ...) written by the trainer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training: Option<serde_json::Value>,
+}
+
+impl CheckpointConfig {
+    /// A configuration with default CT pre-processing and a 96^3 ROI.
+    pub fn new(network: NetworkConfig, class_names: Vec<String>) -> Self {
+        Self {
+            format: FORMAT.into(),
+            version: 1,
+            network,
+            class_names,
+            preprocess: Preprocess::ct_default(),
+            roi: [96; 3],
+            arch: None,
+            training: None,
+        }
+    }
+
+    /// The checkpoint's own architecture, if it names one.
+    pub fn default_arch(&self) -> Option<Result<ArchCode, String>> {
+        self.arch.as_ref().map(ArchFile::to_code)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.format != FORMAT {
+            return Err(format!("format is '{}', expected '{FORMAT}'", self.format));
+        }
+        self.network.validate()?;
+        if self.class_names.len() != self.network.num_classes {
+            return Err(format!(
+                "{} class names for {} classes",
+                self.class_names.len(),
+                self.network.num_classes
+            ));
+        }
+        let divisor = self.network.input_divisor();
+        if self.roi.iter().any(|r| *r == 0 || r % divisor != 0) {
+            return Err(format!(
+                "ROI {:?} must be a positive multiple of {divisor} in every dimension",
+                self.roi
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Checkpoint errors; each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// The file could not be opened, read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not a usable checkpoint.
+    #[error("{path}: {message}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The tensors do not fit the configuration.
+    #[error("{path}: {source}")]
+    Model {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: ModelError,
+    },
+}
+
+/// A memory-mapped safetensors file.
+pub struct SafetensorsFile {
+    path: PathBuf,
+    map: memmap2::Mmap,
+}
+
+impl SafetensorsFile {
+    /// Maps `path` and checks its header.
+    pub fn open(path: &Path) -> Result<Self, CheckpointError> {
+        let io = |source| CheckpointError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::open(path).map_err(io)?;
+        // SAFETY: the map is read-only; a file changed by another process while mapped
+        // would give wrong values, never memory unsafety in our use (we copy out of it).
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        let this = Self {
+            path: path.to_path_buf(),
+            map,
+        };
+        this.tensors()?;
+        Ok(this)
+    }
+
+    /// The parsed tensor table.
+    pub fn tensors(&self) -> Result<SafeTensors<'_>, CheckpointError> {
+        SafeTensors::deserialize(&self.map).map_err(|e| CheckpointError::Format {
+            path: self.path.clone(),
+            message: format!("not a safetensors file: {e}"),
+        })
+    }
+
+    /// The metadata strings of the header.
+    pub fn metadata(&self) -> Result<HashMap<String, String>, CheckpointError> {
+        let (_, meta) =
+            SafeTensors::read_metadata(&self.map).map_err(|e| CheckpointError::Format {
+                path: self.path.clone(),
+                message: format!("not a safetensors file: {e}"),
+            })?;
+        Ok(meta.metadata().clone().unwrap_or_default())
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// A [`TensorSource`] over a parsed safetensors file.
+pub struct SafetensorsSource<'a> {
+    tensors: SafeTensors<'a>,
+}
+
+impl<'a> SafetensorsSource<'a> {
+    /// Wraps a parsed file.
+    pub fn new(tensors: SafeTensors<'a>) -> Self {
+        Self { tensors }
+    }
+}
+
+/// Converts a tensor view to f32 values.
+pub fn view_to_f32(view: &TensorView<'_>) -> Option<Vec<f32>> {
+    let data = view.data();
+    Some(match view.dtype() {
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::F64 => data
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as f32)
+            .collect(),
+        Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]])))
+            .collect(),
+        Dtype::BF16 => data
+            .chunks_exact(2)
+            .map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16))
+            .collect(),
+        _ => return None,
+    })
+}
+
+/// IEEE half to single precision.
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = ((h >> 15) as u32) << 31;
+    let exp = ((h >> 10) & 0x1f) as u32;
+    let frac = (h & 0x3ff) as u32;
+    let bits = match (exp, frac) {
+        (0, 0) => sign,
+        (0, _) => {
+            // Subnormal: value = frac * 2^-24.
+            let v = frac as f32 * 2f32.powi(-24);
+            return if sign != 0 { -v } else { v };
+        }
+        (0x1f, 0) => sign | 0x7f80_0000,
+        (0x1f, _) => sign | 0x7fc0_0000,
+        _ => sign | ((exp + 112) << 23) | (frac << 13),
+    };
+    f32::from_bits(bits)
+}
+
+impl TensorSource for SafetensorsSource<'_> {
+    fn shape(&self, key: &str) -> Option<Vec<usize>> {
+        self.tensors.tensor(key).ok().map(|v| v.shape().to_vec())
+    }
+
+    fn values(&self, key: &str) -> Option<Cow<'_, [f32]>> {
+        let view = self.tensors.tensor(key).ok()?;
+        view_to_f32(&view).map(Cow::Owned)
+    }
+
+    fn keys(&self) -> Vec<String> {
+        self.tensors.names().into_iter().map(String::from).collect()
+    }
+}
+
+/// Reads only the configuration of a native checkpoint.
+pub fn read_config(path: &Path) -> Result<CheckpointConfig, CheckpointError> {
+    let file = SafetensorsFile::open(path)?;
+    config_of(&file)
+}
+
+fn config_of(file: &SafetensorsFile) -> Result<CheckpointConfig, CheckpointError> {
+    let format_error = |message: String| CheckpointError::Format {
+        path: file.path().to_path_buf(),
+        message,
+    };
+    let meta = file.metadata()?;
+    let json = meta.get(METADATA_KEY).ok_or_else(|| {
+        format_error(format!(
+            "no '{METADATA_KEY}' metadata: not a HyperSegNAS checkpoint (a plain DiNTS \
+             state dict is imported with `import`, not opened directly)"
+        ))
+    })?;
+    let config: CheckpointConfig = serde_json::from_str(json)
+        .map_err(|e| format_error(format!("bad configuration JSON: {e}")))?;
+    config.validate().map_err(format_error)?;
+    Ok(config)
+}
+
+/// A loaded checkpoint: the network and its configuration.
+pub struct Checkpoint {
+    /// The network, on the requested device.
+    pub network: Network,
+    /// The configuration stored with it.
+    pub config: CheckpointConfig,
+}
+
+/// Loads a native checkpoint onto `device`.
+pub fn load(path: &Path, device: &Device) -> Result<Checkpoint, CheckpointError> {
+    let file = SafetensorsFile::open(path)?;
+    let config = config_of(&file)?;
+    let source = SafetensorsSource::new(file.tensors()?);
+    let network = Network::from_source(&config.network, device, &source, &OpKeys::SuperNet, None)
+        .map_err(|source| CheckpointError::Model {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(Checkpoint { network, config })
+}
+
+/// One tensor ready for writing.
+struct OwnedView {
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl View for &OwnedView {
+    fn dtype(&self) -> Dtype {
+        Dtype::F32
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.bytes)
+    }
+
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+/// Collects every named parameter's values in checkpoint layout.
+struct Collector<'a> {
+    names: &'a crate::model::ParamNames,
+    out: Vec<(String, OwnedView)>,
+}
+
+impl ModuleVisitor for Collector<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let Some((key, layout)) = self.names.get(&param.id) else {
+            return;
+        };
+        let tensor = param.val();
+        let shape = tensor.dims().to_vec();
+        let values: Vec<f32> = tensor.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
+        let (shape, values) = match layout {
+            Layout::Plain => (shape, values),
+            Layout::LinearWeight => {
+                let (rows, cols) = (shape[0], shape[1]);
+                let mut t = vec![0.0; values.len()];
+                for r in 0..rows {
+                    for c in 0..cols {
+                        t[c * rows + r] = values[r * cols + c];
+                    }
+                }
+                (vec![cols, rows], t)
+            }
+        };
+        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.out.push((key.clone(), OwnedView { shape, bytes }));
+    }
+}
+
+/// Saves `network` with `config` to `path`, atomically. Refuses to overwrite `protect`
+/// (for example the checkpoint it was loaded from, when the caller wants that).
+pub fn save(
+    path: &Path,
+    network: &Network,
+    config: &CheckpointConfig,
+) -> Result<(), CheckpointError> {
+    let format_error = |message: String| CheckpointError::Format {
+        path: path.to_path_buf(),
+        message,
+    };
+    if config.network != network.config {
+        return Err(format_error(
+            "the configuration does not describe this network".into(),
+        ));
+    }
+    let mut collector = Collector {
+        names: &network.names,
+        out: Vec::new(),
+    };
+    network.model.visit(&mut collector);
+    if collector.out.len() != network.names.len() {
+        return Err(format_error(format!(
+            "collected {} of {} named tensors",
+            collector.out.len(),
+            network.names.len()
+        )));
+    }
+    let json = serde_json::to_string(config).map_err(|e| format_error(e.to_string()))?;
+    let metadata = HashMap::from([(METADATA_KEY.to_string(), json)]);
+
+    let io = |source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let temp = crate::fsutil::AtomicFile::create(path).map_err(io)?;
+    let views = collector.out.iter().map(|(k, v)| (k.as_str(), v));
+    safetensors::tensor::serialize_to_file(views, Some(metadata), temp.path())
+        .map_err(|e| format_error(format!("writing failed: {e}")))?;
+    temp.commit().map_err(io)
+}

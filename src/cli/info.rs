@@ -1,0 +1,149 @@
+//! `hypersegnas info FILE`: a summary of a volume, checkpoint or architecture file.
+
+use std::path::Path;
+
+use hypersegnas::arch::{self, SearchSpace};
+use hypersegnas::checkpoint;
+use hypersegnas::volume;
+
+use super::{CliResult, input};
+
+/// Prints what `path` holds.
+pub fn run(path: &Path) -> CliResult {
+    let name = path.to_string_lossy().to_ascii_lowercase();
+    if name.ends_with(".safetensors") {
+        checkpoint_info(path)
+    } else if name.ends_with(".json") {
+        arch_info(path)
+    } else {
+        volume_info(path)
+    }
+}
+
+fn volume_info(path: &Path) -> CliResult {
+    let v = input(volume::read_volume(path))?;
+    let (ras, orientation) = v.to_ras();
+    let (mut min, mut max, mut nan) = (f32::INFINITY, f32::NEG_INFINITY, 0usize);
+    for &x in &v.data {
+        if x.is_nan() {
+            nan += 1;
+        } else {
+            min = min.min(x);
+            max = max.max(x);
+        }
+    }
+    println!("volume      {}", path.display());
+    println!("dims        {} x {} x {}", v.dims[0], v.dims[1], v.dims[2]);
+    println!(
+        "spacing     {:.4} x {:.4} x {:.4} mm",
+        v.spacing[0], v.spacing[1], v.spacing[2]
+    );
+    println!("orientation {} (RAS grid {:?})", orientation.code(), ras.dims);
+    println!("datatype    {:?}", v.header.datatype);
+    println!(
+        "scaling     slope {} inter {}",
+        v.header.scl_slope, v.header.scl_inter
+    );
+    println!(
+        "codes       sform {} qform {}",
+        v.header.sform_code, v.header.qform_code
+    );
+    println!("values      {min} .. {max}{}", if nan > 0 { format!(" ({nan} NaN)") } else { String::new() });
+    println!("world_from_voxel");
+    for row in &v.world_from_voxel[..3] {
+        println!(
+            "            [{:>10.4} {:>10.4} {:>10.4} {:>10.4}]",
+            row[0], row[1], row[2], row[3]
+        );
+    }
+    for w in &v.warnings {
+        println!("warning     {w}");
+    }
+    Ok(())
+}
+
+fn checkpoint_info(path: &Path) -> CliResult {
+    let config = input(checkpoint::read_config(path))?;
+    let file = input(checkpoint::SafetensorsFile::open(path))?;
+    let tensors = input(file.tensors())?;
+    let n: usize = tensors
+        .tensors()
+        .iter()
+        .map(|(_, v)| v.shape().iter().product::<usize>())
+        .sum();
+    let net = &config.network;
+    println!("checkpoint  {}", path.display());
+    println!(
+        "space       {} layers x {} levels x {} edges, ops: {}",
+        net.space.num_layers,
+        net.space.num_depths,
+        net.space.num_edges(),
+        net.space
+            .ops
+            .iter()
+            .map(|o| o.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "channels    channel_mul {} -> levels {:?}",
+        net.channel_mul,
+        (0..net.space.num_depths)
+            .map(|d| net.level_channels(d))
+            .collect::<Vec<_>>()
+    );
+    println!("classes     {}", config.class_names.join(", "));
+    if net.has_man() {
+        println!(
+            "MAN         {} -> {:?} -> {} ({} parameters)",
+            net.man_input_len(),
+            net.man_hidden,
+            net.man_output_len(),
+            net.man_params()
+        );
+    } else {
+        println!("MAN         none (plain DiNTS)");
+    }
+    println!("tensors     {} ({} parameters)", tensors.len(), n);
+    println!("preprocess  {:?}", config.preprocess);
+    println!("roi         {:?}", config.roi);
+    if let Some(arch) = config.default_arch() {
+        match arch {
+            Ok(code) => println!("arch        {} active edges (the checkpoint's own)", code.active_edges()),
+            Err(e) => println!("arch        unreadable: {e}"),
+        }
+    }
+    if let Some(training) = &config.training {
+        println!("training    {training}");
+    }
+    Ok(())
+}
+
+fn arch_info(path: &Path) -> CliResult {
+    let code = input(arch::read_arch_json(path))?;
+    println!("architecture {}", path.display());
+    println!(
+        "shape        {} layers x {} levels, {} active edges",
+        code.num_layers(),
+        code.num_depths(),
+        code.active_edges()
+    );
+    print!("{}", code.to_grid_string());
+    let node_a: Vec<String> = code
+        .node_a()
+        .iter()
+        .map(|r| r.iter().map(|&a| if a { '1' } else { '0' }).collect())
+        .collect();
+    println!("node_a       {}", node_a.join(" "));
+    for space in [
+        SearchSpace::hypersegnas(code.num_layers(), code.num_depths()),
+        SearchSpace::dints(code.num_layers(), code.num_depths()),
+    ] {
+        let label = if space.ops.len() == 2 { "hypersegnas" } else { "dints" };
+        match code.validate(&space) {
+            Ok(()) => println!("valid in     {label} space"),
+            Err(e) => println!("not valid in {label} space: {e}"),
+        }
+    }
+    Ok(())
+}

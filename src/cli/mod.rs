@@ -1,0 +1,217 @@
+//! Command-line parsing, dispatch and error reporting.
+
+mod info;
+mod segment;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use hypersegnas::arch::{self, ArchCode, SearchSpace};
+use hypersegnas::checkpoint::{self, CheckpointConfig, Intensity, Preprocess};
+use hypersegnas::device::DeviceChoice;
+use hypersegnas::model::{Network, NetworkConfig};
+
+/// A failure, classified for the exit code.
+pub enum Failure {
+    /// Bad input or usage: exit code 2.
+    Input(String),
+    /// Something went wrong inside: exit code 1.
+    Internal(String),
+}
+
+/// Shorthand for results of commands.
+pub type CliResult<T = ()> = Result<T, Failure>;
+
+/// Maps any error to a bad-input failure.
+pub fn input<T, E: std::fmt::Display>(result: Result<T, E>) -> CliResult<T> {
+    result.map_err(|e| Failure::Input(e.to_string()))
+}
+
+/// Maps any error to an internal failure.
+pub fn internal<T, E: std::fmt::Display>(result: Result<T, E>) -> CliResult<T> {
+    result.map_err(|e| Failure::Internal(e.to_string()))
+}
+
+#[derive(Parser)]
+#[command(
+    name = "hypersegnas",
+    version,
+    about = "HyperSegNAS Explorer: segment, inspect and build HyperSegNAS / DiNTS super-nets",
+    long_about = "HyperSegNAS Explorer: one-shot NAS super-nets for 3D medical segmentation \
+                  (Peng et al., CVPR 2022), compatible with MONAI's DiNTS.\n\n\
+                  Volumes: .nii, .nii.gz and .hdr/.img pairs (plain or gzipped), any scalar \
+                  type. 4-D volumes: the first volume is used and a warning is printed. RGB, \
+                  complex, NIfTI-2 and Analyze files without the NIfTI magic are refused.\n\n\
+                  Exit codes: 0 success, 2 bad input or usage, 1 internal failure."
+)]
+struct Cli {
+    /// Log detail: error, warn, info, debug, trace.
+    #[arg(long, global = true, default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Segment a volume with a checkpoint and an architecture.
+    Segment(segment::SegmentArgs),
+    /// Summarise a volume, checkpoint or architecture file.
+    Info {
+        /// The file.
+        file: PathBuf,
+    },
+    /// Create a freshly initialised checkpoint.
+    Init(InitArgs),
+    /// Write a built-in architecture code as JSON (and print its grid).
+    Arch(ArchArgs),
+}
+
+#[derive(clap::Args)]
+struct InitArgs {
+    /// Network preset: `demo` (CPU-sized) or `paper` (Tables 4 and 5; about 2.5 GB).
+    #[arg(long, default_value = "demo")]
+    network: String,
+    /// Class names, background first, comma separated.
+    #[arg(long, default_value = "background,foreground", value_delimiter = ',')]
+    classes: Vec<String>,
+    /// Intensity normalisation: `ct` (window [-175, 250] HU) or `mr` (z-score).
+    #[arg(long, default_value = "ct")]
+    intensity: String,
+    /// Target spacing in mm, one value or x,y,z.
+    #[arg(long, value_delimiter = ',', default_value = "1.5")]
+    spacing: Vec<f64>,
+    /// Sliding-window ROI, one value or x,y,z.
+    #[arg(long, value_delimiter = ',', default_value = "96")]
+    roi: Vec<usize>,
+    /// Random seed of the initial weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output checkpoint (.safetensors).
+    #[arg(long, short)]
+    output: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct ArchArgs {
+    /// Preset: all-conv, dints-paper, unet, random-SEED.
+    #[arg(long)]
+    preset: String,
+    /// Search space: `hypersegnas` (skip, conv) or `dints` (five ops).
+    #[arg(long, default_value = "hypersegnas")]
+    space: String,
+    /// Layers.
+    #[arg(long, default_value_t = 12)]
+    layers: usize,
+    /// Resolution levels.
+    #[arg(long, default_value_t = 4)]
+    depths: usize,
+    /// Output JSON file; without it the grid is only printed.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+}
+
+/// Parses the command line, runs the command and turns failures into exit codes.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+
+    let result = match cli.command {
+        Command::Segment(args) => segment::run(args),
+        Command::Info { file } => info::run(&file),
+        Command::Init(args) => init(args),
+        Command::Arch(args) => arch_command(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Input(message)) => {
+            eprintln!("hypersegnas: {message}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Internal(message)) => {
+            eprintln!("hypersegnas: internal error: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Expands `[v]` to `[v, v, v]`; takes `[x, y, z]` as is.
+pub fn triple<T: Copy>(values: &[T], what: &str) -> CliResult<[T; 3]> {
+    match values {
+        [v] => Ok([*v; 3]),
+        [x, y, z] => Ok([*x, *y, *z]),
+        _ => Err(Failure::Input(format!(
+            "{what} takes one value or three (x,y,z), got {}",
+            values.len()
+        ))),
+    }
+}
+
+fn init(args: InitArgs) -> CliResult {
+    let classes = args.classes.len();
+    let network = NetworkConfig::preset(&args.network, 1, classes).ok_or_else(|| {
+        Failure::Input(format!(
+            "unknown network preset '{}' (known: demo, paper)",
+            args.network
+        ))
+    })?;
+    let intensity = match args.intensity.as_str() {
+        "ct" => Intensity::CtWindow {
+            a_min: -175.0,
+            a_max: 250.0,
+            clip: true,
+        },
+        "mr" => Intensity::ZScore { nonzero: true },
+        other => {
+            return Err(Failure::Input(format!(
+                "unknown intensity '{other}' (known: ct, mr)"
+            )));
+        }
+    };
+    let mut config = CheckpointConfig::new(network.clone(), args.classes.clone());
+    config.preprocess = Preprocess {
+        orientation: "RAS".into(),
+        spacing: Some(triple(&args.spacing, "--spacing")?),
+        intensity,
+    };
+    config.roi = triple(&args.roi, "--roi")?;
+    let selected = input(hypersegnas::device::select(DeviceChoice::Cpu))?;
+    let net = input(Network::fresh(&network, &selected.device, args.seed))?;
+    input(checkpoint::save(&args.output, &net, &config))?;
+    println!(
+        "wrote {} ({} network, {} parameters, classes: {})",
+        args.output.display(),
+        args.network,
+        net.num_params(),
+        args.classes.join(", ")
+    );
+    Ok(())
+}
+
+fn arch_command(args: ArchArgs) -> CliResult {
+    let space = match args.space.as_str() {
+        "hypersegnas" => SearchSpace::hypersegnas(args.layers, args.depths),
+        "dints" => SearchSpace::dints(args.layers, args.depths),
+        other => {
+            return Err(Failure::Input(format!(
+                "unknown search space '{other}' (known: hypersegnas, dints)"
+            )));
+        }
+    };
+    let code: ArchCode = input(arch::preset(&args.preset, &space))?;
+    print!("{}", code.to_grid_string());
+    if let Some(path) = args.output {
+        input(arch::write_arch_json(&path, &code))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}

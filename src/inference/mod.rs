@@ -1,0 +1,273 @@
+//! Whole-volume inference: pre-processing from the checkpoint's configuration (RAS,
+//! target spacing, intensity), sliding-window prediction, and mapping the result back onto
+//! the input's own grid (resampling, then undoing the reorientation).
+
+mod window;
+
+pub use window::{
+    Blend, Progress, WindowError, WindowOptions, importance_map, sliding_window, window_starts,
+};
+
+use std::ops::ControlFlow;
+
+use burn::tensor::Device;
+
+use crate::arch::ArchCode;
+use crate::checkpoint::{Intensity, Preprocess};
+use crate::model::Network;
+use crate::volume::{Interp, Orientation, Volume, resample, spacing_map};
+
+/// A volume on the network's processing grid.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    /// Normalised intensities, x-major with z fastest (the network's `[x, y, z]` order).
+    pub data: Vec<f32>,
+    /// Size of the processing grid.
+    pub dims: [usize; 3],
+    /// Voxel size of the processing grid (mm).
+    pub spacing: [f64; 3],
+    /// How the stored volume maps to RAS.
+    pub orientation: Orientation,
+    /// Size of the RAS grid before resampling.
+    pub ras_dims: [usize; 3],
+    /// For every processing-grid axis: RAS voxel position = scale * index + offset.
+    pub scale: [f64; 3],
+    /// See `scale`.
+    pub offset: [f64; 3],
+}
+
+/// Reorders x-fastest data (NIfTI order) into z-fastest (network order), or back.
+pub fn x_fastest_to_z_fastest(data: &[f32], dims: [usize; 3]) -> Vec<f32> {
+    let [nx, ny, nz] = dims;
+    let mut out = vec![0.0; data.len()];
+    for z in 0..nz {
+        for y in 0..ny {
+            for x in 0..nx {
+                out[(x * ny + y) * nz + z] = data[(z * ny + y) * nx + x];
+            }
+        }
+    }
+    out
+}
+
+/// The inverse of [`x_fastest_to_z_fastest`].
+pub fn z_fastest_to_x_fastest(data: &[f32], dims: [usize; 3]) -> Vec<f32> {
+    let [nx, ny, nz] = dims;
+    let mut out = vec![0.0; data.len()];
+    for x in 0..nx {
+        for y in 0..ny {
+            for z in 0..nz {
+                out[(z * ny + y) * nx + x] = data[(x * ny + y) * nz + z];
+            }
+        }
+    }
+    out
+}
+
+/// Applies the intensity normalisation in place. NaN voxels become 0 afterwards, so a
+/// single missing value cannot spread through every convolution.
+pub fn normalise(data: &mut [f32], intensity: &Intensity) {
+    match intensity {
+        Intensity::CtWindow { a_min, a_max, clip } => {
+            let range = (a_max - a_min).max(f32::EPSILON);
+            for v in data.iter_mut() {
+                let mut t = (*v - a_min) / range;
+                if *clip {
+                    t = t.clamp(0.0, 1.0);
+                }
+                *v = t;
+            }
+        }
+        Intensity::ZScore { nonzero } => {
+            let used = |v: f32| v.is_finite() && (!nonzero || v != 0.0);
+            let (mut n, mut sum, mut sq) = (0usize, 0f64, 0f64);
+            for &v in data.iter().filter(|v| used(**v)) {
+                n += 1;
+                sum += v as f64;
+                sq += (v as f64) * (v as f64);
+            }
+            let mean = if n > 0 { sum / n as f64 } else { 0.0 };
+            let var = if n > 0 { sq / n as f64 - mean * mean } else { 1.0 };
+            let std = var.max(0.0).sqrt().max(1e-8);
+            for v in data.iter_mut() {
+                if used(*v) {
+                    *v = ((*v as f64 - mean) / std) as f32;
+                } else if *nonzero && *v == 0.0 {
+                    *v = 0.0;
+                }
+            }
+        }
+        Intensity::None => {}
+    }
+    for v in data.iter_mut() {
+        if !v.is_finite() {
+            *v = 0.0;
+        }
+    }
+}
+
+/// Reorients to RAS, resamples to the target spacing (trilinear) and normalises.
+pub fn prepare(volume: &Volume, pre: &Preprocess) -> Prepared {
+    let (ras, orientation) = volume.to_ras();
+    let target = pre.spacing.unwrap_or(ras.spacing);
+    let map = spacing_map(ras.dims, ras.spacing, target);
+    let mut data = resample(
+        &ras.data,
+        ras.dims,
+        map.out_dims,
+        map.scale,
+        map.offset,
+        Interp::Linear,
+    );
+    normalise(&mut data, &pre.intensity);
+    Prepared {
+        data: x_fastest_to_z_fastest(&data, map.out_dims),
+        dims: map.out_dims,
+        spacing: target,
+        orientation,
+        ras_dims: ras.dims,
+        scale: map.scale,
+        offset: map.offset,
+    }
+}
+
+/// The result of [`segment`], on the input volume's own grid (stored voxel order).
+#[derive(Clone, Debug)]
+pub struct Segmentation {
+    /// Label per voxel, x fastest.
+    pub labels: Vec<u16>,
+    /// Class probabilities, channel-major, each channel x fastest (when requested).
+    pub probabilities: Option<Vec<f32>>,
+    /// Voxel counts per class.
+    pub counts: Vec<usize>,
+}
+
+/// Errors of whole-volume inference.
+pub type InferenceError = WindowError;
+
+/// Segments `volume` with `network` and architecture `arch`.
+///
+/// Probabilities are resampled back to the RAS grid (trilinear, per class) before the
+/// argmax, as MONAI's bundles do, then the RAS reorientation is undone exactly.
+#[allow(clippy::too_many_arguments)]
+pub fn segment(
+    network: &Network,
+    device: &Device,
+    volume: &Volume,
+    pre: &Preprocess,
+    arch: &ArchCode,
+    options: &WindowOptions,
+    keep_probabilities: bool,
+    progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
+) -> Result<Segmentation, InferenceError> {
+    if network.config.in_channels != 1 {
+        return Err(WindowError::Options(format!(
+            "the network expects {} input channels; segmenting a single volume needs 1",
+            network.config.in_channels
+        )));
+    }
+    let prepared = prepare(volume, pre);
+    tracing::debug!(
+        "processing grid {:?} at {:?} mm (RAS grid {:?})",
+        prepared.dims,
+        prepared.spacing,
+        prepared.ras_dims
+    );
+    let probs = sliding_window(
+        network,
+        device,
+        &prepared.data,
+        1,
+        prepared.dims,
+        arch,
+        options,
+        progress,
+    )?;
+    Ok(restore(&probs, &prepared, volume.dims, network.config.num_classes, keep_probabilities))
+}
+
+/// Maps class probabilities from the processing grid (z fastest) back to the stored grid,
+/// and takes the argmax.
+pub fn restore(
+    probs: &[f32],
+    prepared: &Prepared,
+    stored_dims: [usize; 3],
+    classes: usize,
+    keep_probabilities: bool,
+) -> Segmentation {
+    let len = prepared.dims.iter().product::<usize>();
+    let ras_len = prepared.ras_dims.iter().product::<usize>();
+    // Inverse of "processing index i samples RAS position scale * i + offset".
+    let back_scale = prepared.scale.map(|s| 1.0 / s);
+    let back_offset: [f64; 3] = std::array::from_fn(|a| -prepared.offset[a] / prepared.scale[a]);
+    let mut ras_probs = Vec::with_capacity(classes * ras_len);
+    for k in 0..classes {
+        let channel = z_fastest_to_x_fastest(&probs[k * len..(k + 1) * len], prepared.dims);
+        ras_probs.extend(resample(
+            &channel,
+            prepared.dims,
+            prepared.ras_dims,
+            back_scale,
+            back_offset,
+            Interp::Linear,
+        ));
+    }
+    let mut labels = vec![0u16; ras_len];
+    for (i, label) in labels.iter_mut().enumerate() {
+        let mut best = 0;
+        for k in 1..classes {
+            if ras_probs[k * ras_len + i] > ras_probs[best * ras_len + i] {
+                best = k;
+            }
+        }
+        *label = best as u16;
+    }
+    let labels = prepared.orientation.from_ras(&labels, stored_dims);
+    let mut counts = vec![0usize; classes];
+    for &l in &labels {
+        counts[l as usize] += 1;
+    }
+    let probabilities = keep_probabilities.then(|| {
+        (0..classes)
+            .flat_map(|k| {
+                prepared
+                    .orientation
+                    .from_ras(&ras_probs[k * ras_len..(k + 1) * ras_len], stored_dims)
+            })
+            .collect()
+    });
+    Segmentation {
+        labels,
+        probabilities,
+        counts,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn axis_order_round_trip() {
+        let dims = [3, 4, 5];
+        let data: Vec<f32> = (0..60).map(|i| i as f32).collect();
+        let z = x_fastest_to_z_fastest(&data, dims);
+        // Voxel (x=1, y=2, z=3): x-fastest index 1 + 3*(2 + 4*3) = 43.
+        assert_eq!(z[(4 + 2) * 5 + 3], 43.0);
+        assert_eq!(z_fastest_to_x_fastest(&z, dims), data);
+    }
+
+    #[test]
+    fn ct_window_clips_to_unit_range() {
+        let mut v = vec![-1000.0, -87.0, 56.0, 199.0, 3000.0, f32::NAN];
+        normalise(
+            &mut v,
+            &Intensity::CtWindow {
+                a_min: -87.0,
+                a_max: 199.0,
+                clip: true,
+            },
+        );
+        assert_eq!(v, vec![0.0, 0.0, 0.5, 1.0, 1.0, 0.0]);
+    }
+}

@@ -1,0 +1,361 @@
+//! The building blocks of DiNTS's cells and stems: bias-free convolutions, instance norm,
+//! ReLU, trilinear resizing with `align_corners = true`, factorized reduce and increase, and
+//! the five cell ops.
+//!
+//! Tensors are `[batch, channels, x, y, z]`, the order in which MONAI hands a NIfTI volume
+//! to the network, so the pseudo-3D kernels act on the same axes as in MONAI.
+
+use burn::module::{Module, Param};
+use burn::tensor::module::{conv3d, interpolate};
+use burn::tensor::ops::{ConvOptions, InterpolateMode, InterpolateOptions};
+use burn::tensor::{Tensor, activation::relu};
+
+use super::weights::{Init, Layout, ParamBuilder};
+use crate::arch::Op;
+
+/// Instance norm epsilon (PyTorch's default, used by MONAI).
+const NORM_EPS: f64 = 1e-5;
+
+/// A 3D convolution with optional bias.
+#[derive(Module, Debug)]
+pub struct Conv {
+    weight: Param<Tensor<5>>,
+    bias: Option<Param<Tensor<1>>>,
+    stride: [usize; 3],
+    padding: [usize; 3],
+}
+
+impl Conv {
+    /// A convolution under key prefix `key` (`{key}.weight`, `{key}.bias`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        b: &mut ParamBuilder,
+        key: &str,
+        c_in: usize,
+        c_out: usize,
+        kernel: [usize; 3],
+        stride: usize,
+        padding: [usize; 3],
+        bias: bool,
+    ) -> Self {
+        let fan_in = c_in * kernel.iter().product::<usize>();
+        let weight = b.param(
+            &format!("{key}.weight"),
+            [c_out, c_in, kernel[0], kernel[1], kernel[2]],
+            Init::FanIn(fan_in),
+            Layout::Plain,
+        );
+        let bias = bias.then(|| {
+            b.param(
+                &format!("{key}.bias"),
+                [c_out],
+                Init::FanIn(fan_in),
+                Layout::Plain,
+            )
+        });
+        Self {
+            weight,
+            bias,
+            stride: [stride; 3],
+            padding,
+        }
+    }
+
+    /// A cubic `k`-kernel convolution with "same" padding for odd `k` and stride 1.
+    pub fn cubic(b: &mut ParamBuilder, key: &str, c_in: usize, c_out: usize, k: usize) -> Self {
+        Self::new(b, key, c_in, c_out, [k; 3], 1, [k / 2; 3], false)
+    }
+
+    /// # Shapes
+    /// - input: `[batch, c_in, x, y, z]`
+    /// - output: `[batch, c_out, x', y', z']`
+    pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
+        let options = ConvOptions::new(self.stride, self.padding, [1, 1, 1], 1);
+        conv3d(
+            x,
+            self.weight.val(),
+            self.bias.as_ref().map(|b| b.val()),
+            options,
+        )
+    }
+}
+
+/// Instance norm over the spatial dimensions: biased variance, eps 1e-5, no running
+/// statistics (instance statistics at inference too), optional affine scale and shift.
+#[derive(Module, Debug)]
+pub struct Norm {
+    weight: Option<Param<Tensor<1>>>,
+    bias: Option<Param<Tensor<1>>>,
+}
+
+impl Norm {
+    /// An affine instance norm under `key` (`{key}.weight`, `{key}.bias`).
+    pub fn affine(b: &mut ParamBuilder, key: &str, channels: usize) -> Self {
+        Self {
+            weight: Some(b.param(
+                &format!("{key}.weight"),
+                [channels],
+                Init::Ones,
+                Layout::Plain,
+            )),
+            bias: Some(b.param(
+                &format!("{key}.bias"),
+                [channels],
+                Init::Zeros,
+                Layout::Plain,
+            )),
+        }
+    }
+
+    /// An instance norm without parameters (PyTorch's `InstanceNorm3d` default).
+    pub fn plain() -> Self {
+        Self {
+            weight: None,
+            bias: None,
+        }
+    }
+
+    /// # Shapes
+    /// - input and output: `[batch, channels, x, y, z]`
+    pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
+        let [batch, channels, sx, sy, sz] = x.dims();
+        let flat = x.reshape([batch, channels, sx * sy * sz]);
+        let (var, mean) = flat.clone().var_mean_bias(2);
+        let normed = (flat - mean) / (var + NORM_EPS).sqrt();
+        let mut y = normed.reshape([batch, channels, sx, sy, sz]);
+        if let Some(w) = &self.weight {
+            y = y * w.val().reshape([1, channels, 1, 1, 1]);
+        }
+        if let Some(b) = &self.bias {
+            y = y + b.val().reshape([1, channels, 1, 1, 1]);
+        }
+        y
+    }
+}
+
+/// Trilinear resize with `align_corners = true` (source position `i * (in - 1) / (out - 1)`),
+/// done as two bilinear passes: first over (y, z) with x folded into channels, then over x
+/// with (y, z) folded into one axis that keeps its size (an exact copy along that axis).
+///
+/// # Shapes
+/// - input: `[batch, channels, x, y, z]`
+/// - output: `[batch, channels, size[0], size[1], size[2]]`
+pub fn resize_trilinear(x: Tensor<5>, size: [usize; 3]) -> Tensor<5> {
+    let [batch, channels, sx, sy, sz] = x.dims();
+    if [sx, sy, sz] == size {
+        return x;
+    }
+    let options = |out: [usize; 2]| {
+        InterpolateOptions::new(InterpolateMode::Bilinear)
+            .with_output_size(out)
+            .with_align_corners(true)
+    };
+    let mut y = x;
+    if [sy, sz] != [size[1], size[2]] {
+        let folded = y.reshape([batch, channels * sx, sy, sz]);
+        let resized = interpolate(folded, options([size[1], size[2]]));
+        y = resized.reshape([batch, channels, sx, size[1], size[2]]);
+    }
+    if sx != size[0] {
+        let plane = size[1] * size[2];
+        let folded = y.reshape([batch, channels, sx, plane]);
+        let resized = interpolate(folded, options([size[0], plane]));
+        y = resized.reshape([batch, channels, size[0], size[1], size[2]]);
+    }
+    y
+}
+
+/// x2 trilinear upsampling with `align_corners = true`.
+pub fn upsample2(x: Tensor<5>) -> Tensor<5> {
+    let [_, _, sx, sy, sz] = x.dims();
+    resize_trilinear(x, [2 * sx, 2 * sy, 2 * sz])
+}
+
+/// Factorized reduce (a down edge's preprocess): ReLU once; a 1x1 stride-2 convolution of
+/// the even voxels to `c / 2` channels and one of the odd voxels (input shifted by one in
+/// every spatial dim) to the rest; concatenated; instance norm.
+#[derive(Module, Debug)]
+pub struct FactorizedReduce {
+    conv_1: Conv,
+    conv_2: Conv,
+    norm: Norm,
+}
+
+impl FactorizedReduce {
+    /// Keys `{key}.conv_1`, `{key}.conv_2`, `{key}.norm`.
+    pub fn new(b: &mut ParamBuilder, key: &str, c_in: usize, c_out: usize) -> Self {
+        let half = c_out / 2;
+        Self {
+            conv_1: Conv::new(b, &format!("{key}.conv_1"), c_in, half, [1; 3], 2, [0; 3], false),
+            conv_2: Conv::new(
+                b,
+                &format!("{key}.conv_2"),
+                c_in,
+                c_out - half,
+                [1; 3],
+                2,
+                [0; 3],
+                false,
+            ),
+            norm: Norm::affine(b, &format!("{key}.norm"), c_out),
+        }
+    }
+
+    /// # Shapes
+    /// - input: `[batch, c_in, x, y, z]` with even x, y, z
+    /// - output: `[batch, c_out, x / 2, y / 2, z / 2]`
+    pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
+        let x = relu(x);
+        let [batch, channels, sx, sy, sz] = x.dims();
+        let shifted = x
+            .clone()
+            .slice([0..batch, 0..channels, 1..sx, 1..sy, 1..sz]);
+        let even = self.conv_1.forward(x);
+        let odd = self.conv_2.forward(shifted);
+        self.norm.forward(Tensor::cat(vec![even, odd], 1))
+    }
+}
+
+/// Factorized increase (an up edge's preprocess): x2 trilinear upsampling first, then ReLU,
+/// 1x1 convolution, instance norm.
+#[derive(Module, Debug)]
+pub struct FactorizedIncrease {
+    conv: Conv,
+    norm: Norm,
+}
+
+impl FactorizedIncrease {
+    /// Keys `{key}.conv`, `{key}.norm`.
+    pub fn new(b: &mut ParamBuilder, key: &str, c_in: usize, c_out: usize) -> Self {
+        Self {
+            conv: Conv::new(b, &format!("{key}.conv"), c_in, c_out, [1; 3], 1, [0; 3], false),
+            norm: Norm::affine(b, &format!("{key}.norm"), c_out),
+        }
+    }
+
+    /// # Shapes
+    /// - input: `[batch, c_in, x, y, z]`
+    /// - output: `[batch, c_out, 2x, 2y, 2z]`
+    pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
+        let x = relu(upsample2(x));
+        self.norm.forward(self.conv.forward(x))
+    }
+}
+
+/// The weighted part of a cell op: ReLU, one or two convolutions, instance norm. Skip
+/// connections have no block.
+#[derive(Module, Debug)]
+pub struct OpBlock {
+    conv: Conv,
+    conv_1: Option<Conv>,
+    norm: Norm,
+}
+
+/// Kernel and padding of the two convolutions of a pseudo-3D op.
+fn p3d_kernels(op: Op) -> Option<([usize; 3], [usize; 3])> {
+    match op {
+        Op::Conv3x3x1 => Some(([3, 3, 1], [1, 1, 3])),
+        Op::Conv3x1x3 => Some(([3, 1, 3], [1, 3, 1])),
+        Op::Conv1x3x3 => Some(([1, 3, 3], [3, 1, 1])),
+        _ => None,
+    }
+}
+
+fn same_padding(kernel: [usize; 3]) -> [usize; 3] {
+    kernel.map(|k| k / 2)
+}
+
+/// Parameters of one op block acting on `c` channels.
+pub fn op_params(op: Op, c: usize) -> usize {
+    match op {
+        Op::Skip => 0,
+        Op::Conv3x3x3 => c * c * 27 + 2 * c,
+        _ => 2 * c * c * 9 + 2 * c,
+    }
+}
+
+impl OpBlock {
+    /// The block of `op` (not skip) on `c` channels under `key`: `{key}.conv`,
+    /// `{key}.conv_1` (pseudo-3D ops), `{key}.norm`.
+    pub fn new(b: &mut ParamBuilder, key: &str, op: Op, c: usize) -> Option<Self> {
+        let norm_key = format!("{key}.norm");
+        match op {
+            Op::Skip => None,
+            Op::Conv3x3x3 => Some(Self {
+                conv: Conv::cubic(b, &format!("{key}.conv"), c, c, 3),
+                conv_1: None,
+                norm: Norm::affine(b, &norm_key, c),
+            }),
+            _ => {
+                let (k0, k1) = p3d_kernels(op)?;
+                let conv = Conv::new(b, &format!("{key}.conv"), c, c, k0, 1, same_padding(k0), false);
+                let conv_1 =
+                    Conv::new(b, &format!("{key}.conv_1"), c, c, k1, 1, same_padding(k1), false);
+                Some(Self {
+                    conv,
+                    conv_1: Some(conv_1),
+                    norm: Norm::affine(b, &norm_key, c),
+                })
+            }
+        }
+    }
+
+    /// # Shapes
+    /// - input and output: `[batch, c, x, y, z]`
+    pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
+        let mut y = self.conv.forward(relu(x));
+        if let Some(conv_1) = &self.conv_1 {
+            y = conv_1.forward(y);
+        }
+        self.norm.forward(y)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, TensorData};
+
+    fn tensor(values: Vec<f32>, shape: [usize; 5]) -> Tensor<5> {
+        Tensor::from_data(TensorData::new(values, shape), &Device::flex())
+    }
+
+    #[test]
+    fn trilinear_align_corners_matches_the_formula() {
+        // A 3 x 2 x 2 ramp resized to 5 x 3 x 4: with align_corners the source position of
+        // output i is i * (in - 1) / (out - 1), and a linear ramp is reproduced exactly.
+        let f = |x: f32, y: f32, z: f32| 1.0 + 2.0 * x + 3.0 * y + 5.0 * z;
+        let mut values = Vec::new();
+        for x in 0..3 {
+            for y in 0..2 {
+                for z in 0..2 {
+                    values.push(f(x as f32, y as f32, z as f32));
+                }
+            }
+        }
+        let out = resize_trilinear(tensor(values, [1, 1, 3, 2, 2]), [5, 3, 4]);
+        let out: Vec<f32> = out.into_data().try_to_vec::<f32>().unwrap();
+        let mut i = 0;
+        for x in 0..5 {
+            for y in 0..3 {
+                for z in 0..4 {
+                    let expected = f(x as f32 * 0.5, y as f32 * 0.5, z as f32 / 3.0);
+                    assert!((out[i] - expected).abs() < 1e-5, "{} vs {expected}", out[i]);
+                    i += 1;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn instance_norm_normalises_each_channel() {
+        let values: Vec<f32> = (0..16).map(|i| (i * i) as f32).collect();
+        let out = Norm::plain().forward(tensor(values, [1, 2, 2, 2, 2]));
+        let out: Vec<f32> = out.into_data().try_to_vec::<f32>().unwrap();
+        for ch in out.chunks(8) {
+            let mean: f32 = ch.iter().sum::<f32>() / 8.0;
+            let var: f32 = ch.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / 8.0;
+            assert!(mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-3, "{mean} {var}");
+        }
+    }
+}

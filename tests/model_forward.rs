@@ -1,0 +1,112 @@
+//! The demo network runs on the CPU and on wgpu with the same logits, in MAN and fixed
+//! modes, for several architectures (the DiNTS paper's code among them).
+
+mod common;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use hypersegnas::arch::{self, ArchCode};
+use hypersegnas::model::{Network, NetworkConfig, WeightMode};
+
+const SIDE: usize = 32;
+
+fn logits(device: &Device, code: &ArchCode, mode: WeightMode) -> Vec<f32> {
+    let config = NetworkConfig::demo(1, 2);
+    let network = Network::fresh(&config, device, 42).unwrap();
+    let input = common::noise(SIDE * SIDE * SIDE, 7);
+    let x = Tensor::<5>::from_data(TensorData::new(input, [1, 1, SIDE, SIDE, SIDE]), device);
+    let y = network.forward(x, code, mode).unwrap();
+    assert_eq!(y.dims(), [1, 2, SIDE, SIDE, SIDE]);
+    y.into_data().try_to_vec::<f32>().unwrap()
+}
+
+fn codes() -> Vec<(&'static str, ArchCode)> {
+    let space = NetworkConfig::demo(1, 2).space;
+    ["dints-paper", "all-conv", "unet", "random-3"]
+        .into_iter()
+        .map(|name| (name, arch::preset(name, &space).unwrap()))
+        .collect()
+}
+
+#[test]
+fn cpu_and_wgpu_agree_in_man_and_fixed_modes() {
+    let Some(gpu) = common::wgpu_device() else {
+        return;
+    };
+    let cpu = Device::flex();
+    for (name, code) in codes().into_iter().take(3) {
+        for mode in [WeightMode::Man, WeightMode::Fixed] {
+            let a = logits(&cpu, &code, mode);
+            let b = logits(&gpu, &code, mode);
+            let err = common::relative_error(&b, &a);
+            eprintln!("{name} {mode:?}: relative difference {err:.2e}");
+            assert!(err <= 1e-4, "{name} {mode:?}: {err}");
+            assert!(a.iter().all(|v| v.is_finite()));
+        }
+    }
+}
+
+#[test]
+fn modes_give_different_logits_and_man_depends_on_the_patch() {
+    let cpu = Device::flex();
+    let config = NetworkConfig::demo(1, 2);
+    let network = Network::fresh(&config, &cpu, 1).unwrap();
+    let code = arch::preset("dints-paper", &config.space).unwrap();
+    let make = |seed| {
+        let v = common::noise(SIDE * SIDE * SIDE, seed);
+        Tensor::<5>::from_data(TensorData::new(v, [1, 1, SIDE, SIDE, SIDE]), &cpu)
+    };
+    let w1: Vec<f32> = network.man_weights(make(1), &code).unwrap().into_data().try_to_vec::<f32>().unwrap();
+    let w2: Vec<f32> = network.man_weights(make(2), &code).unwrap().into_data().try_to_vec::<f32>().unwrap();
+    assert_eq!(w1.len(), config.man_output_len());
+    assert!(w1.iter().all(|w| *w > 0.0 && *w < 1.0), "sigmoid range");
+    assert!(common::relative_error(&w1, &w2) > 0.0, "MAN weights must depend on the patch");
+
+    let plain = logits(&cpu, &code, WeightMode::Plain);
+    let man = logits(&cpu, &code, WeightMode::Man);
+    assert!(common::relative_error(&plain, &man) > 1e-3);
+}
+
+#[test]
+fn batch_of_two_equals_two_single_passes() {
+    let cpu = Device::flex();
+    let config = NetworkConfig::demo(1, 2);
+    let network = Network::fresh(&config, &cpu, 5).unwrap();
+    let code = arch::preset("random-9", &config.space).unwrap();
+    let len = SIDE * SIDE * SIDE;
+    let (a, b) = (common::noise(len, 11), common::noise(len, 12));
+    let single = |v: Vec<f32>| -> Vec<f32> {
+        let x = Tensor::<5>::from_data(TensorData::new(v, [1, 1, SIDE, SIDE, SIDE]), &cpu);
+        network.forward(x, &code, WeightMode::Man).unwrap().into_data().try_to_vec::<f32>().unwrap()
+    };
+    let mut both = a.clone();
+    both.extend(&b);
+    let x = Tensor::<5>::from_data(TensorData::new(both, [2, 1, SIDE, SIDE, SIDE]), &cpu);
+    let batched: Vec<f32> = network.forward(x, &code, WeightMode::Man).unwrap().into_data().try_to_vec::<f32>().unwrap();
+    let mut expected = single(a);
+    expected.extend(single(b));
+    assert!(common::relative_error(&batched, &expected) < 1e-5);
+}
+
+#[test]
+fn invalid_inputs_are_errors_not_panics() {
+    let cpu = Device::flex();
+    let config = NetworkConfig::demo(1, 2);
+    let network = Network::fresh(&config, &cpu, 0).unwrap();
+    let code = arch::preset("all-conv", &config.space).unwrap();
+
+    let x = Tensor::<5>::zeros([1, 1, 40, 32, 32], &cpu);
+    let err = network.forward(x, &code, WeightMode::Man).unwrap_err().to_string();
+    assert!(err.contains("divisible by 32"), "{err}");
+
+    let x = Tensor::<5>::zeros([1, 2, 32, 32, 32], &cpu);
+    let err = network.forward(x, &code, WeightMode::Man).unwrap_err().to_string();
+    assert!(err.contains("2 channels"), "{err}");
+
+    let mut broken = code.clone();
+    for edge in 0..10 {
+        broken.set(11, edge, None);
+    }
+    let x = Tensor::<5>::zeros([1, 1, 32, 32, 32], &cpu);
+    let err = network.forward(x, &broken, WeightMode::Man).unwrap_err().to_string();
+    assert!(err.contains("head has no input"), "{err}");
+}
