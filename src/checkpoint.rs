@@ -139,9 +139,21 @@ impl CheckpointConfig {
                 self.roi
             ));
         }
+        if self.network.has_man() && self.roi.iter().any(|r| *r < MIN_MAN_ROI) {
+            return Err(format!(
+                "ROI {:?} is too small for the image encoder: each side needs at least \
+                 {MIN_MAN_ROI} voxels (below that its last instance norm sees one voxel and the \
+                 encoding no longer depends on the patch)",
+                self.roi
+            ));
+        }
         Ok(())
     }
 }
+
+/// Smallest ROI side for networks with a MAN: Table 4's five stride-2 convolutions must
+/// leave at least 2 voxels per side for the instance norm after the fifth.
+pub const MIN_MAN_ROI: usize = 64;
 
 /// Checkpoint errors; each names the file.
 #[derive(Debug, thiserror::Error)]
@@ -330,9 +342,9 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint, CheckpointError>
     let source = SafetensorsSource::new(file.tensors()?);
     let network = Network::from_source(&config.network, device, &source, &OpKeys::SuperNet, None)
         .map_err(|source| CheckpointError::Model {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        path: path.to_path_buf(),
+        source,
+    })?;
     Ok(Checkpoint { network, config })
 }
 
@@ -373,7 +385,11 @@ impl ModuleVisitor for Collector<'_> {
         };
         let tensor = param.val();
         let shape = tensor.dims().to_vec();
-        let values: Vec<f32> = tensor.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
+        let values: Vec<f32> = tensor
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .unwrap_or_default();
         let (shape, values) = match layout {
             Layout::Plain => (shape, values),
             Layout::LinearWeight => {

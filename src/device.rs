@@ -3,7 +3,9 @@
 use burn::tensor::Device;
 
 /// What the user asked for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 pub enum DeviceChoice {
     /// A real GPU through wgpu when one exists, else the CPU backend.
     Auto,
@@ -63,7 +65,10 @@ pub fn select(choice: DeviceChoice) -> Result<SelectedDevice, NoGpu> {
                     description: format!("GPU via wgpu: {info}"),
                     is_gpu: true,
                 };
-                tracing::info!("device: {} (auto: a hardware adapter was found)", selected.description);
+                tracing::info!(
+                    "device: {} (auto: a hardware adapter was found)",
+                    selected.description
+                );
                 Ok(selected)
             }
             Ok((_, info)) => {

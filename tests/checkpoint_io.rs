@@ -13,14 +13,19 @@ use hypersegnas::model::{Network, NetworkConfig, WeightMode};
 use safetensors::tensor::{Dtype, TensorView};
 
 fn demo_config() -> CheckpointConfig {
-    let mut config =
-        CheckpointConfig::new(NetworkConfig::demo(1, 2), vec!["background".into(), "spleen".into()]);
+    let mut config = CheckpointConfig::new(
+        NetworkConfig::demo(1, 2),
+        vec!["background".into(), "spleen".into()],
+    );
     config.roi = [64; 3];
     config
 }
 
+/// Tensors by key: (shape, f32 values).
+type Tensors = HashMap<String, (Vec<usize>, Vec<f32>)>;
+
 /// Every tensor of a safetensors file as (shape, f32 values), plus its metadata.
-fn read_all(path: &Path) -> (HashMap<String, (Vec<usize>, Vec<f32>)>, HashMap<String, String>) {
+fn read_all(path: &Path) -> (Tensors, HashMap<String, String>) {
     let file = SafetensorsFile::open(path).unwrap();
     let tensors = file.tensors().unwrap();
     let all = tensors
@@ -32,18 +37,25 @@ fn read_all(path: &Path) -> (HashMap<String, (Vec<usize>, Vec<f32>)>, HashMap<St
 }
 
 /// Writes tensors and metadata as a safetensors file.
-fn write_all(
-    path: &Path,
-    tensors: &HashMap<String, (Vec<usize>, Vec<f32>)>,
-    metadata: HashMap<String, String>,
-) {
+fn write_all(path: &Path, tensors: &Tensors, metadata: HashMap<String, String>) {
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
-        .map(|(k, (s, v))| (k.clone(), s.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .map(|(k, (s, v))| {
+            (
+                k.clone(),
+                s.clone(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+        })
         .collect();
     let views: Vec<(String, TensorView)> = bytes
         .iter()
-        .map(|(k, s, b)| (k.clone(), TensorView::new(Dtype::F32, s.clone(), b).unwrap()))
+        .map(|(k, s, b)| {
+            (
+                k.clone(),
+                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
+            )
+        })
         .collect();
     safetensors::tensor::serialize_to_file(views, Some(metadata), path).unwrap();
 }
@@ -81,22 +93,42 @@ fn save_and_load_round_trip_exactly() {
     assert!(!tensors.keys().any(|k| k.contains("op.ops.0")));
     // Linear weights are stored [out, in] as in PyTorch.
     let cfg = &config.network;
-    assert_eq!(tensors["man.fc0.weight"].0, vec![cfg.man_hidden[0], cfg.man_input_len()]);
+    assert_eq!(
+        tensors["man.fc0.weight"].0,
+        vec![cfg.man_hidden[0], cfg.man_input_len()]
+    );
 
     let loaded = checkpoint::load(&path, &device).unwrap();
     assert_eq!(loaded.config.class_names, config.class_names);
     let path2 = dir.path().join("again.safetensors");
     checkpoint::save(&path2, &loaded.network, &loaded.config).unwrap();
     let (again, _) = read_all(&path2);
-    assert_eq!(again, tensors, "a loaded and re-saved checkpoint must be identical");
+    assert_eq!(
+        again, tensors,
+        "a loaded and re-saved checkpoint must be identical"
+    );
 
     // And the loaded network computes the same logits.
     let code = arch::preset("dints-paper", &cfg.space).unwrap();
     let x = || {
-        Tensor::<5>::from_data(TensorData::new(common::noise(32 * 32 * 32, 4), [1, 1, 32, 32, 32]), &device)
+        Tensor::<5>::from_data(
+            TensorData::new(common::noise(32 * 32 * 32, 4), [1, 1, 32, 32, 32]),
+            &device,
+        )
     };
-    let a: Vec<f32> = network.forward(x(), &code, WeightMode::Man).unwrap().into_data().try_to_vec::<f32>().unwrap();
-    let b: Vec<f32> = loaded.network.forward(x(), &code, WeightMode::Man).unwrap().into_data().try_to_vec::<f32>().unwrap();
+    let a: Vec<f32> = network
+        .forward(x(), &code, WeightMode::Man)
+        .unwrap()
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+    let b: Vec<f32> = loaded
+        .network
+        .forward(x(), &code, WeightMode::Man)
+        .unwrap()
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
     assert_eq!(a, b);
 }
 
@@ -111,17 +143,28 @@ fn mismatches_are_listed_in_one_error() {
 
     let (mut tensors, metadata) = read_all(&good);
     tensors.remove("stem_finals.1.bias").unwrap();
-    tensors.remove("dints_space.cell_tree.(3, 4).op.ops.1.norm.weight").unwrap();
+    tensors
+        .remove("dints_space.cell_tree.(3, 4).op.ops.1.norm.weight")
+        .unwrap();
     tensors.insert("extra.weight".into(), (vec![2], vec![1.0, 2.0]));
     tensors.insert("stem_down.0.mod.2.weight".into(), (vec![3], vec![1.0; 3]));
     let bad = dir.path().join("bad.safetensors");
     write_all(&bad, &tensors, metadata);
 
-    let err = checkpoint::load(&bad, &device).err().expect("must fail").to_string();
+    let err = checkpoint::load(&bad, &device)
+        .err()
+        .expect("must fail")
+        .to_string();
     assert!(err.contains("bad.safetensors"), "{err}");
-    assert!(err.contains("2 missing") && err.contains("stem_finals.1.bias"), "{err}");
+    assert!(
+        err.contains("2 missing") && err.contains("stem_finals.1.bias"),
+        "{err}"
+    );
     assert!(err.contains("1 unexpected: extra.weight"), "{err}");
-    assert!(err.contains("1 wrongly shaped: stem_down.0.mod.2.weight"), "{err}");
+    assert!(
+        err.contains("1 wrongly shaped: stem_down.0.mod.2.weight"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -135,11 +178,17 @@ fn man_input_width_other_than_the_configuration_is_refused_with_both_numbers() {
 
     let (mut tensors, metadata) = read_all(&good);
     let hidden = config.network.man_hidden[0];
-    tensors.insert("man.fc0.weight".into(), (vec![hidden, 378], vec![0.0; hidden * 378]));
+    tensors.insert(
+        "man.fc0.weight".into(),
+        (vec![hidden, 378], vec![0.0; hidden * 378]),
+    );
     let bad = dir.path().join("table5.safetensors");
     write_all(&bad, &tensors, metadata);
 
-    let err = checkpoint::load(&bad, &device).err().expect("must fail").to_string();
+    let err = checkpoint::load(&bad, &device)
+        .err()
+        .expect("must fail")
+        .to_string();
     assert!(err.contains("378") && err.contains("376"), "{err}");
 }
 
@@ -150,16 +199,28 @@ fn non_checkpoints_are_refused_with_the_file_name() {
 
     let garbage = dir.path().join("garbage.safetensors");
     std::fs::write(&garbage, b"definitely not a checkpoint").unwrap();
-    let err = checkpoint::load(&garbage, &device).err().unwrap().to_string();
-    assert!(err.contains("garbage.safetensors") && err.contains("not a safetensors"), "{err}");
+    let err = checkpoint::load(&garbage, &device)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("garbage.safetensors") && err.contains("not a safetensors"),
+        "{err}"
+    );
 
     let plain = dir.path().join("plain.safetensors");
     let tensors = HashMap::from([("w".to_string(), (vec![1], vec![0.5]))]);
     write_all(&plain, &tensors, HashMap::new());
     let err = checkpoint::load(&plain, &device).err().unwrap().to_string();
-    assert!(err.contains("plain.safetensors") && err.contains("not a HyperSegNAS checkpoint"), "{err}");
+    assert!(
+        err.contains("plain.safetensors") && err.contains("not a HyperSegNAS checkpoint"),
+        "{err}"
+    );
 
     let missing = dir.path().join("missing.safetensors");
-    let err = checkpoint::load(&missing, &device).err().unwrap().to_string();
+    let err = checkpoint::load(&missing, &device)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("missing.safetensors"), "{err}");
 }

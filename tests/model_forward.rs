@@ -51,15 +51,31 @@ fn modes_give_different_logits_and_man_depends_on_the_patch() {
     let config = NetworkConfig::demo(1, 2);
     let network = Network::fresh(&config, &cpu, 1).unwrap();
     let code = arch::preset("dints-paper", &config.space).unwrap();
+    // 64^3: the encoder's fifth stride-2 convolution leaves a 2^3 map. At 32^3 it would leave
+    // a single voxel, which its instance norm maps to zero whatever the patch.
+    let side = 64;
     let make = |seed| {
-        let v = common::noise(SIDE * SIDE * SIDE, seed);
-        Tensor::<5>::from_data(TensorData::new(v, [1, 1, SIDE, SIDE, SIDE]), &cpu)
+        let v = common::noise(side * side * side, seed);
+        Tensor::<5>::from_data(TensorData::new(v, [1, 1, side, side, side]), &cpu)
     };
-    let w1: Vec<f32> = network.man_weights(make(1), &code).unwrap().into_data().try_to_vec::<f32>().unwrap();
-    let w2: Vec<f32> = network.man_weights(make(2), &code).unwrap().into_data().try_to_vec::<f32>().unwrap();
+    let w1: Vec<f32> = network
+        .man_weights(make(1), &code)
+        .unwrap()
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+    let w2: Vec<f32> = network
+        .man_weights(make(2), &code)
+        .unwrap()
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
     assert_eq!(w1.len(), config.man_output_len());
     assert!(w1.iter().all(|w| *w > 0.0 && *w < 1.0), "sigmoid range");
-    assert!(common::relative_error(&w1, &w2) > 0.0, "MAN weights must depend on the patch");
+    assert!(
+        common::relative_error(&w1, &w2) > 0.0,
+        "MAN weights must depend on the patch"
+    );
 
     let plain = logits(&cpu, &code, WeightMode::Plain);
     let man = logits(&cpu, &code, WeightMode::Man);
@@ -76,12 +92,22 @@ fn batch_of_two_equals_two_single_passes() {
     let (a, b) = (common::noise(len, 11), common::noise(len, 12));
     let single = |v: Vec<f32>| -> Vec<f32> {
         let x = Tensor::<5>::from_data(TensorData::new(v, [1, 1, SIDE, SIDE, SIDE]), &cpu);
-        network.forward(x, &code, WeightMode::Man).unwrap().into_data().try_to_vec::<f32>().unwrap()
+        network
+            .forward(x, &code, WeightMode::Man)
+            .unwrap()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap()
     };
     let mut both = a.clone();
     both.extend(&b);
     let x = Tensor::<5>::from_data(TensorData::new(both, [2, 1, SIDE, SIDE, SIDE]), &cpu);
-    let batched: Vec<f32> = network.forward(x, &code, WeightMode::Man).unwrap().into_data().try_to_vec::<f32>().unwrap();
+    let batched: Vec<f32> = network
+        .forward(x, &code, WeightMode::Man)
+        .unwrap()
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
     let mut expected = single(a);
     expected.extend(single(b));
     assert!(common::relative_error(&batched, &expected) < 1e-5);
@@ -95,11 +121,17 @@ fn invalid_inputs_are_errors_not_panics() {
     let code = arch::preset("all-conv", &config.space).unwrap();
 
     let x = Tensor::<5>::zeros([1, 1, 40, 32, 32], &cpu);
-    let err = network.forward(x, &code, WeightMode::Man).unwrap_err().to_string();
+    let err = network
+        .forward(x, &code, WeightMode::Man)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("divisible by 32"), "{err}");
 
     let x = Tensor::<5>::zeros([1, 2, 32, 32, 32], &cpu);
-    let err = network.forward(x, &code, WeightMode::Man).unwrap_err().to_string();
+    let err = network
+        .forward(x, &code, WeightMode::Man)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("2 channels"), "{err}");
 
     let mut broken = code.clone();
@@ -107,6 +139,9 @@ fn invalid_inputs_are_errors_not_panics() {
         broken.set(11, edge, None);
     }
     let x = Tensor::<5>::zeros([1, 1, 32, 32, 32], &cpu);
-    let err = network.forward(x, &broken, WeightMode::Man).unwrap_err().to_string();
+    let err = network
+        .forward(x, &broken, WeightMode::Man)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("head has no input"), "{err}");
 }

@@ -27,7 +27,14 @@ fn run(cmd: &mut Command) -> Output {
 /// A fresh demo checkpoint with coarse spacing so a CT takes few windows.
 fn demo_checkpoint(dir: &Path, spacing: &str, roi: &str) -> PathBuf {
     let path = dir.join("demo.safetensors");
-    let out = run(bin().args(["init", "--network", "demo", "--classes", "background,spleen"])
+    let out = run(bin()
+        .args([
+            "init",
+            "--network",
+            "demo",
+            "--classes",
+            "background,spleen",
+        ])
         .args(["--spacing", spacing, "--roi", roi, "--seed", "1", "-o"])
         .arg(&path));
     assert!(out.status.success());
@@ -74,7 +81,15 @@ fn segment_example_ct_on_cpu() {
         .arg(&ct)
         .arg("--checkpoint")
         .arg(&ckpt)
-        .args(["--preset", "dints-paper", "--device", "cpu", "--mode", "man", "-o"])
+        .args([
+            "--preset",
+            "dints-paper",
+            "--device",
+            "cpu",
+            "--mode",
+            "man",
+            "-o",
+        ])
         .arg(&mask)
         .arg("--probabilities")
         .arg(&probs));
@@ -82,7 +97,11 @@ fn segment_example_ct_on_cpu() {
     check_same_grid(&mask, &ct);
     let p = volume::read_volume(&probs).unwrap();
     assert_eq!(p.dims, volume::read_volume(&ct).unwrap().dims);
-    assert!(p.warnings.iter().any(|w| w.contains("2 volumes")), "{:?}", p.warnings);
+    assert!(
+        p.warnings.iter().any(|w| w.contains("2 volumes")),
+        "{:?}",
+        p.warnings
+    );
 }
 
 #[test]
@@ -103,7 +122,9 @@ fn segment_example_ct_on_wgpu() {
         .arg(&ct)
         .arg("--checkpoint")
         .arg(&ckpt)
-        .args(["--preset", "unet", "--device", "gpu", "--mode", "fixed", "-o"])
+        .args([
+            "--preset", "unet", "--device", "gpu", "--mode", "fixed", "-o",
+        ])
         .arg(&mask));
     assert!(out.status.success());
     check_same_grid(&mask, &ct);
@@ -118,12 +139,24 @@ fn bad_inputs_exit_with_code_2_and_write_nothing() {
     // A corrupt volume.
     let corrupt = dir.path().join("corrupt.nii.gz");
     std::fs::write(&corrupt, b"\x1f\x8b not really gzip").unwrap();
-    let out = run(bin().arg("segment").arg(&corrupt).arg("--checkpoint").arg(&ckpt)
-        .args(["--device", "cpu", "-o"]).arg(&mask));
+    let out = run(bin()
+        .arg("segment")
+        .arg(&corrupt)
+        .arg("--checkpoint")
+        .arg(&ckpt)
+        .args(["--device", "cpu", "-o"])
+        .arg(&mask));
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("corrupt.nii.gz"), "{stderr}");
-    assert_eq!(stderr.trim().lines().last().map(|l| l.starts_with("hypersegnas:")), Some(true));
+    assert_eq!(
+        stderr
+            .trim()
+            .lines()
+            .last()
+            .map(|l| l.starts_with("hypersegnas:")),
+        Some(true)
+    );
     assert!(!mask.exists());
 
     // Writing over the input is refused.
@@ -133,25 +166,49 @@ fn bad_inputs_exit_with_code_2_and_write_nothing() {
     let copy = dir.path().join("input.nii.gz");
     std::fs::copy(&ct, &copy).unwrap();
     let before = std::fs::read(&copy).unwrap();
-    let out = run(bin().arg("segment").arg(&copy).arg("--checkpoint").arg(&ckpt)
-        .args(["--device", "cpu", "-o"]).arg(&copy));
+    let out = run(bin()
+        .arg("segment")
+        .arg(&copy)
+        .arg("--checkpoint")
+        .arg(&ckpt)
+        .args(["--device", "cpu", "-o"])
+        .arg(&copy));
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(std::fs::read(&copy).unwrap(), before);
 
     // A checkpoint that is not one.
-    let out = run(bin().arg("segment").arg(&copy).arg("--checkpoint").arg(&corrupt)
-        .args(["--device", "cpu", "-o"]).arg(&mask));
+    let out = run(bin()
+        .arg("segment")
+        .arg(&copy)
+        .arg("--checkpoint")
+        .arg(&corrupt)
+        .args(["--device", "cpu", "-o"])
+        .arg(&mask));
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("corrupt.nii.gz"));
 
     // An invalid architecture file names itself and the reason.
     let arch = dir.path().join("arch.json");
-    std::fs::write(&arch, r#"{"num_layers": 12, "num_depths": 4, "cells": [["conv"]]}"#).unwrap();
-    let out = run(bin().arg("segment").arg(&copy).arg("--checkpoint").arg(&ckpt)
-        .arg("--arch").arg(&arch).args(["--device", "cpu", "-o"]).arg(&mask));
+    std::fs::write(
+        &arch,
+        r#"{"num_layers": 12, "num_depths": 4, "cells": [["conv"]]}"#,
+    )
+    .unwrap();
+    let out = run(bin()
+        .arg("segment")
+        .arg(&copy)
+        .arg("--checkpoint")
+        .arg(&ckpt)
+        .arg("--arch")
+        .arg(&arch)
+        .args(["--device", "cpu", "-o"])
+        .arg(&mask));
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("arch.json") && stderr.contains("rows"), "{stderr}");
+    assert!(
+        stderr.contains("arch.json") && stderr.contains("rows"),
+        "{stderr}"
+    );
     assert!(!mask.exists());
 }
 
@@ -162,17 +219,27 @@ fn info_describes_volumes_checkpoints_and_architectures() {
     let out = run(bin().arg("info").arg(&ckpt));
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("12 layers x 4 levels x 10 edges") && text.contains("spleen"), "{text}");
+    assert!(
+        text.contains("12 layers x 4 levels x 10 edges") && text.contains("spleen"),
+        "{text}"
+    );
 
     let arch = dir.path().join("paper.json");
-    let out = run(bin().args(["arch", "--preset", "dints-paper", "--space", "dints", "-o"]).arg(&arch));
+    let out = run(bin()
+        .args(["arch", "--preset", "dints-paper", "--space", "dints", "-o"])
+        .arg(&arch));
     assert!(out.status.success());
     let out = run(bin().arg("info").arg(&arch));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("valid in     dints space"), "{text}");
-    assert!(text.contains("1110 1111"), "node_a row 0 then row 1: {text}");
+    assert!(
+        text.contains("1110 1111"),
+        "node_a row 0 then row 1: {text}"
+    );
 
-    if let Some(lps) = common::data_file("niivue/packages/niivue/tests/images/nifti_space/LPS.nii.gz") {
+    if let Some(lps) =
+        common::data_file("niivue/packages/niivue/tests/images/nifti_space/LPS.nii.gz")
+    {
         let out = run(bin().arg("info").arg(&lps));
         assert!(out.status.success());
         assert!(String::from_utf8_lossy(&out.stdout).contains("LPS"));

@@ -128,8 +128,8 @@ pub fn read_arch_json(path: &Path) -> Result<ArchCode, ArchError> {
         message,
     };
     let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
-    let file: ArchFile =
-        serde_json::from_str(&text).map_err(|e| file_error(format!("not an architecture file: {e}")))?;
+    let file: ArchFile = serde_json::from_str(&text)
+        .map_err(|e| file_error(format!("not an architecture file: {e}")))?;
     file.to_code().map_err(file_error)
 }
 

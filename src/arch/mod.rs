@@ -403,7 +403,7 @@ impl ArchCode {
         let mut problems = Vec::new();
         let edges = self.num_edges();
         let node_a = self.node_a();
-        for layer in 0..self.num_layers {
+        for (layer, inputs) in node_a.iter().take(self.num_layers).enumerate() {
             for edge in 0..edges {
                 let Some(op) = self.get(layer, edge) else {
                     continue;
@@ -418,7 +418,7 @@ impl ArchCode {
                         op_list(&space.ops)
                     ));
                 }
-                if layer > 0 && !node_a[layer][e.source] {
+                if layer > 0 && !inputs[e.source] {
                     problems.push(format!(
                         "layer {layer} edge {edge} ({}->{}) leaves level {} which no edge of \
                          layer {} feeds: turn the edge off or activate an edge into level {}",
@@ -539,7 +539,10 @@ mod tests {
         code.set(0, 0, Some(Op::Skip));
         code.set(0, 2, Some(Op::Conv3x3x3));
         code.set(1, 3, Some(Op::Conv3x3x3));
-        assert_eq!(code.flatten(&space), vec![1.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 2.0]);
+        assert_eq!(
+            code.flatten(&space),
+            vec![1.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 2.0]
+        );
     }
 
     #[test]

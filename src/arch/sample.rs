@@ -155,7 +155,11 @@ mod tests {
         assert_eq!(hits.len(), valid, "every valid code must be reachable");
         // Expected 100 per code; a 5-sigma band of the binomial is about +-50.
         for (code, n) in &hits {
-            assert!((50..=150).contains(n), "{n} hits for\n{}", code.to_grid_string());
+            assert!(
+                (50..=150).contains(n),
+                "{n} hits for\n{}",
+                code.to_grid_string()
+            );
         }
     }
 
@@ -188,6 +192,9 @@ mod tests {
         let rate = active as f64 / total as f64;
         let conv_share = conv as f64 / active as f64;
         assert!((0.6..0.72).contains(&rate), "edge activation rate {rate}");
-        assert!((0.48..0.52).contains(&conv_share), "conv share {conv_share}");
+        assert!(
+            (0.48..0.52).contains(&conv_share),
+            "conv share {conv_share}"
+        );
     }
 }

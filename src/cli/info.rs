@@ -38,7 +38,11 @@ fn volume_info(path: &Path) -> CliResult {
         "spacing     {:.4} x {:.4} x {:.4} mm",
         v.spacing[0], v.spacing[1], v.spacing[2]
     );
-    println!("orientation {} (RAS grid {:?})", orientation.code(), ras.dims);
+    println!(
+        "orientation {} (RAS grid {:?})",
+        orientation.code(),
+        ras.dims
+    );
     println!("datatype    {:?}", v.header.datatype);
     println!(
         "scaling     slope {} inter {}",
@@ -48,7 +52,14 @@ fn volume_info(path: &Path) -> CliResult {
         "codes       sform {} qform {}",
         v.header.sform_code, v.header.qform_code
     );
-    println!("values      {min} .. {max}{}", if nan > 0 { format!(" ({nan} NaN)") } else { String::new() });
+    println!(
+        "values      {min} .. {max}{}",
+        if nan > 0 {
+            format!(" ({nan} NaN)")
+        } else {
+            String::new()
+        }
+    );
     println!("world_from_voxel");
     for row in &v.world_from_voxel[..3] {
         println!(
@@ -109,7 +120,10 @@ fn checkpoint_info(path: &Path) -> CliResult {
     println!("roi         {:?}", config.roi);
     if let Some(arch) = config.default_arch() {
         match arch {
-            Ok(code) => println!("arch        {} active edges (the checkpoint's own)", code.active_edges()),
+            Ok(code) => println!(
+                "arch        {} active edges (the checkpoint's own)",
+                code.active_edges()
+            ),
             Err(e) => println!("arch        unreadable: {e}"),
         }
     }
@@ -139,7 +153,11 @@ fn arch_info(path: &Path) -> CliResult {
         SearchSpace::hypersegnas(code.num_layers(), code.num_depths()),
         SearchSpace::dints(code.num_layers(), code.num_depths()),
     ] {
-        let label = if space.ops.len() == 2 { "hypersegnas" } else { "dints" };
+        let label = if space.ops.len() == 2 {
+            "hypersegnas"
+        } else {
+            "dints"
+        };
         match code.validate(&space) {
             Ok(()) => println!("valid in     {label} space"),
             Err(e) => println!("not valid in {label} space: {e}"),

@@ -81,7 +81,10 @@ pub fn run(args: SegmentArgs) -> CliResult {
         (None, Some(name)) => input(arch::preset(name, space))?,
         (None, None) => match ckpt.config.default_arch() {
             Some(code) => code.map_err(|e| {
-                Failure::Input(format!("{}: stored architecture: {e}", args.checkpoint.display()))
+                Failure::Input(format!(
+                    "{}: stored architecture: {e}",
+                    args.checkpoint.display()
+                ))
             })?,
             None => input(arch::preset("all-conv", space))?,
         },
@@ -151,7 +154,10 @@ pub fn run(args: SegmentArgs) -> CliResult {
         Ok(seg) => seg,
         Err(e @ WindowError::Options(_)) => return Err(Failure::Input(e.to_string())),
         Err(e @ WindowError::Model(hypersegnas::model::ModelError::Mode(_))) => {
-            return Err(Failure::Input(format!("{}: {e}", args.checkpoint.display())));
+            return Err(Failure::Input(format!(
+                "{}: {e}",
+                args.checkpoint.display()
+            )));
         }
         Err(e) => return internal(Err(e)),
     };

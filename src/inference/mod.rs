@@ -87,7 +87,11 @@ pub fn normalise(data: &mut [f32], intensity: &Intensity) {
                 sq += (v as f64) * (v as f64);
             }
             let mean = if n > 0 { sum / n as f64 } else { 0.0 };
-            let var = if n > 0 { sq / n as f64 - mean * mean } else { 1.0 };
+            let var = if n > 0 {
+                sq / n as f64 - mean * mean
+            } else {
+                1.0
+            };
             let std = var.max(0.0).sqrt().max(1e-8);
             for v in data.iter_mut() {
                 if used(*v) {
@@ -183,7 +187,13 @@ pub fn segment(
         options,
         progress,
     )?;
-    Ok(restore(&probs, &prepared, volume.dims, network.config.num_classes, keep_probabilities))
+    Ok(restore(
+        &probs,
+        &prepared,
+        volume.dims,
+        network.config.num_classes,
+        keep_probabilities,
+    ))
 }
 
 /// Maps class probabilities from the processing grid (z fastest) back to the stored grid,

@@ -11,7 +11,9 @@ use crate::arch::ArchCode;
 use crate::model::{ModelError, Network, WeightMode};
 
 /// How overlapping window outputs are blended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 pub enum Blend {
     /// Every voxel of a window counts the same.
     Constant,
@@ -100,7 +102,11 @@ pub fn importance_map(roi: [usize; 3], blend: Blend) -> Vec<f32> {
                 }
             }
             // Keep every weight positive so no voxel ends up with a zero denominator.
-            let floor = map.iter().copied().filter(|v| *v > 0.0).fold(f32::MAX, f32::min);
+            let floor = map
+                .iter()
+                .copied()
+                .filter(|v| *v > 0.0)
+                .fold(f32::MAX, f32::min);
             map.iter_mut().for_each(|v| *v = v.max(floor));
             map
         }
@@ -128,6 +134,14 @@ pub fn sliding_window(
             "ROI {roi:?} must be a positive multiple of {divisor}"
         )));
     }
+    let uses_man = matches!(options.mode, WeightMode::Man | WeightMode::Blend(_));
+    let min_roi = crate::checkpoint::MIN_MAN_ROI;
+    if uses_man && roi.iter().any(|r| *r < min_roi) {
+        return Err(WindowError::Options(format!(
+            "ROI {roi:?} is too small for the image encoder in MAN mode: each side needs at \
+             least {min_roi} voxels"
+        )));
+    }
     if !(0.0..1.0).contains(&options.overlap) {
         return Err(WindowError::Options(format!(
             "overlap must be in [0, 1), got {}",
@@ -145,8 +159,7 @@ pub fn sliding_window(
         for x in 0..dims[0] {
             for y in 0..dims[1] {
                 let src = ((c * dims[0] + x) * dims[1] + y) * dims[2];
-                let dst = ((c * padded[0] + x + before[0]) * padded[1] + y + before[1])
-                    * padded[2]
+                let dst = ((c * padded[0] + x + before[0]) * padded[1] + y + before[1]) * padded[2]
                     + before[2];
                 input[dst..dst + dims[2]].copy_from_slice(&image[src..src + dims[2]]);
             }

@@ -186,7 +186,16 @@ impl FactorizedReduce {
     pub fn new(b: &mut ParamBuilder, key: &str, c_in: usize, c_out: usize) -> Self {
         let half = c_out / 2;
         Self {
-            conv_1: Conv::new(b, &format!("{key}.conv_1"), c_in, half, [1; 3], 2, [0; 3], false),
+            conv_1: Conv::new(
+                b,
+                &format!("{key}.conv_1"),
+                c_in,
+                half,
+                [1; 3],
+                2,
+                [0; 3],
+                false,
+            ),
             conv_2: Conv::new(
                 b,
                 &format!("{key}.conv_2"),
@@ -228,7 +237,16 @@ impl FactorizedIncrease {
     /// Keys `{key}.conv`, `{key}.norm`.
     pub fn new(b: &mut ParamBuilder, key: &str, c_in: usize, c_out: usize) -> Self {
         Self {
-            conv: Conv::new(b, &format!("{key}.conv"), c_in, c_out, [1; 3], 1, [0; 3], false),
+            conv: Conv::new(
+                b,
+                &format!("{key}.conv"),
+                c_in,
+                c_out,
+                [1; 3],
+                1,
+                [0; 3],
+                false,
+            ),
             norm: Norm::affine(b, &format!("{key}.norm"), c_out),
         }
     }
@@ -270,7 +288,8 @@ pub fn op_params(op: Op, c: usize) -> usize {
     match op {
         Op::Skip => 0,
         Op::Conv3x3x3 => c * c * 27 + 2 * c,
-        _ => 2 * c * c * 9 + 2 * c,
+        // (3,3,1) then (1,1,3) or the permutations: 9 + 3 weights per channel pair.
+        _ => c * c * 12 + 2 * c,
     }
 }
 
@@ -288,9 +307,26 @@ impl OpBlock {
             }),
             _ => {
                 let (k0, k1) = p3d_kernels(op)?;
-                let conv = Conv::new(b, &format!("{key}.conv"), c, c, k0, 1, same_padding(k0), false);
-                let conv_1 =
-                    Conv::new(b, &format!("{key}.conv_1"), c, c, k1, 1, same_padding(k1), false);
+                let conv = Conv::new(
+                    b,
+                    &format!("{key}.conv"),
+                    c,
+                    c,
+                    k0,
+                    1,
+                    same_padding(k0),
+                    false,
+                );
+                let conv_1 = Conv::new(
+                    b,
+                    &format!("{key}.conv_1"),
+                    c,
+                    c,
+                    k1,
+                    1,
+                    same_padding(k1),
+                    false,
+                );
                 Some(Self {
                     conv,
                     conv_1: Some(conv_1),
@@ -355,7 +391,10 @@ mod tests {
         for ch in out.chunks(8) {
             let mean: f32 = ch.iter().sum::<f32>() / 8.0;
             let var: f32 = ch.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / 8.0;
-            assert!(mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-3, "{mean} {var}");
+            assert!(
+                mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-3,
+                "{mean} {var}"
+            );
         }
     }
 }

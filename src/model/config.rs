@@ -141,7 +141,10 @@ impl NetworkConfig {
             return Err("in_channels and num_classes must be at least 1".into());
         }
         if !(self.channel_mul.is_finite() && self.channel_mul > 0.0) {
-            return Err(format!("channel_mul must be positive, got {}", self.channel_mul));
+            return Err(format!(
+                "channel_mul must be positive, got {}",
+                self.channel_mul
+            ));
         }
         if let Some((i, _)) = self.filters().iter().enumerate().find(|(_, f)| **f == 0) {
             return Err(format!(
@@ -191,7 +194,11 @@ impl NetworkConfig {
             if self.use_downsample {
                 n += c_mid * c_out * 27 + 2 * c_out;
             }
-            let up_out = if self.use_downsample { f[d] } else { f[d.saturating_sub(1)] };
+            let up_out = if self.use_downsample {
+                f[d]
+            } else {
+                f[d.saturating_sub(1)]
+            };
             n += self.level_channels(d) * up_out * 27 + 2 * up_out;
         }
         n + f[0] * f[0] * 27 + 2 * f[0] + f[0] * self.num_classes + self.num_classes

@@ -2,6 +2,10 @@
 //! convolutions (16, 32, 64, 128, 256 channels), each followed by instance norm and ReLU,
 //! then a valid 3x3x3 convolution to 256 channels and ReLU. On a 96^3 patch the last map is
 //! 1x1x1; on other patch sizes it is averaged to one 256-vector.
+//!
+//! Patches need at least 64 voxels per side: below that, the fifth stride-2 convolution
+//! leaves a single voxel, its instance norm outputs zero, and the encoding no longer depends
+//! on the patch. Checkpoint configurations with a MAN refuse smaller ROIs.
 
 use burn::module::Module;
 use burn::tensor::Tensor;
@@ -35,7 +39,16 @@ impl ImageEncoder {
             let key = format!("encoder.conv{i}");
             convs.push(Conv::new(b, &key, w[i], w[i + 1], [3; 3], 2, [1; 3], true));
         }
-        convs.push(Conv::new(b, "encoder.conv5", w[5], w[6], [3; 3], 1, [0; 3], true));
+        convs.push(Conv::new(
+            b,
+            "encoder.conv5",
+            w[5],
+            w[6],
+            [3; 3],
+            1,
+            [0; 3],
+            true,
+        ));
         Self {
             convs,
             norm: Norm::plain(),
@@ -56,7 +69,8 @@ impl ImageEncoder {
         let [batch, channels, sx, sy, sz] = y.dims();
         if sx < 3 || sy < 3 || sz < 3 {
             let size = [sx.max(3), sy.max(3), sz.max(3)];
-            let mut padded = Tensor::zeros([batch, channels, size[0], size[1], size[2]], &y.device());
+            let mut padded =
+                Tensor::zeros([batch, channels, size[0], size[1], size[2]], &y.device());
             let (ox, oy, oz) = ((size[0] - sx) / 2, (size[1] - sy) / 2, (size[2] - sz) / 2);
             padded = padded.slice_assign(
                 [0..batch, 0..channels, ox..ox + sx, oy..oy + sy, oz..oz + sz],

@@ -55,7 +55,10 @@ impl StemDown {
                 [1; 3],
                 false,
             );
-            (Some(conv), Some(Norm::affine(b, &format!("{key}.5"), f[level + 1])))
+            (
+                Some(conv),
+                Some(Norm::affine(b, &format!("{key}.5"), f[level + 1])),
+            )
         } else {
             (None, None)
         };
@@ -246,7 +249,9 @@ impl SuperNet {
             for edge in 0..edges {
                 let ops: Vec<(usize, Op)> = match (keys, arch) {
                     (OpKeys::SuperNet, _) => cfg.space.ops.iter().copied().enumerate().collect(),
-                    (OpKeys::Instance, Some(a)) => a.get(layer, edge).map(|op| (0, op)).into_iter().collect(),
+                    (OpKeys::Instance, Some(a)) => {
+                        a.get(layer, edge).map(|op| (0, op)).into_iter().collect()
+                    }
                     (OpKeys::LegacyInstance, Some(a)) => a
                         .get(layer, edge)
                         .map(|op| (op.dints_index(), op))
@@ -324,9 +329,9 @@ impl SuperNet {
                         "layer {layer} edge {edge} reads level {source}, which is inactive"
                     )]))
                 })?;
-                let mut out = cell
-                    .forward(input, op)
-                    .ok_or(ForwardError::MissingOp { layer, edge, op })?;
+                let mut out =
+                    cell.forward(input, op)
+                        .ok_or(ForwardError::MissingOp { layer, edge, op })?;
                 if let Some((w, offsets)) = channel_weights {
                     let (start, end) = (offsets[index], offsets[index + 1]);
                     let scale = w.clone().slice([0..batch, start..end]);

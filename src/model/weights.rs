@@ -102,7 +102,11 @@ impl LoadReport {
             } else {
                 String::new()
             };
-            Some(format!("{} {label}: {}{more}", items.len(), shown.join(", ")))
+            Some(format!(
+                "{} {label}: {}{more}",
+                items.len(),
+                shown.join(", ")
+            ))
         }
         [
             part("missing", &self.missing),
@@ -203,9 +207,9 @@ impl<'a> ParamBuilder<'a> {
         };
         self.used.insert(key.to_string());
         if found != disk_shape {
-            self.report.mismatched.push(format!(
-                "{key}: expected {disk_shape:?}, found {found:?}"
-            ));
+            self.report
+                .mismatched
+                .push(format!("{key}: expected {disk_shape:?}, found {found:?}"));
             return vec![0.0; len];
         }
         let Some(values) = source.values(key) else {
