@@ -120,7 +120,8 @@ impl CheckpointConfig {
         self.arch.as_ref().map(ArchFile::to_code)
     }
 
-    fn validate(&self) -> Result<(), String> {
+    /// Checks the configuration, with messages a user can act on.
+    pub fn validate(&self) -> Result<(), String> {
         if self.format != FORMAT {
             return Err(format!("format is '{}', expected '{FORMAT}'", self.format));
         }

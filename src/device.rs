@@ -6,6 +6,7 @@ use burn::tensor::Device;
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
 )]
+#[serde(rename_all = "lowercase")]
 pub enum DeviceChoice {
     /// A real GPU through wgpu when one exists, else the CPU backend.
     Auto,

@@ -9,6 +9,7 @@
 //! - [`model`]: the super-net, the image encoder and the MAN in Burn.
 //! - [`checkpoint`]: the native `.safetensors` checkpoint.
 //! - [`inference`]: pre-processing, sliding-window prediction, mapping results back.
+//! - [`train`]: Algorithm 1 (super-net training, annealing) and fine-tuning.
 //! - [`device`]: choosing between the wgpu and CPU backends.
 //!
 //! Nothing here depends on a GUI.
@@ -19,4 +20,5 @@ pub mod device;
 pub mod fsutil;
 pub mod inference;
 pub mod model;
+pub mod train;
 pub mod volume;

@@ -12,7 +12,7 @@ mod sample;
 
 pub use json::{ArchFile, read_arch_json, write_arch_json};
 pub use presets::{PRESET_NAMES, preset};
-pub use sample::{count_valid, sample_uniform};
+pub use sample::{count_valid, sample_uniform, sample_with};
 
 use std::fmt;
 

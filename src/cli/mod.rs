@@ -2,6 +2,7 @@
 
 mod info;
 mod segment;
+mod train;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -67,6 +68,10 @@ enum Command {
     Init(InitArgs),
     /// Write a built-in architecture code as JSON (and print its grid).
     Arch(ArchArgs),
+    /// Train a super-net with Algorithm 1 (super-net training, then annealing).
+    Train(train::TrainArgs),
+    /// Fine-tune one architecture from a trained super-net.
+    Finetune(train::FinetuneArgs),
 }
 
 #[derive(clap::Args)]
@@ -131,6 +136,8 @@ pub fn run() -> ExitCode {
         Command::Info { file } => info::run(&file),
         Command::Init(args) => init(args),
         Command::Arch(args) => arch_command(args),
+        Command::Train(args) => train::run_train(args),
+        Command::Finetune(args) => train::run_finetune(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -168,6 +168,32 @@ impl Network {
         Self { model, ..self }
     }
 
+    /// Transforms the module tree (an optimiser step, `train()`), keeping the names.
+    pub fn map_model(self, f: impl FnOnce(HyperSegNas) -> HyperSegNas) -> Self {
+        let Self {
+            model,
+            names,
+            config,
+            offsets,
+        } = self;
+        Self {
+            model: f(model),
+            names,
+            config,
+            offsets,
+        }
+    }
+
+    /// A network with another module tree of the same structure and the same names.
+    pub fn clone_with(&self, model: HyperSegNas) -> Self {
+        Self {
+            model,
+            names: self.names.clone(),
+            config: self.config.clone(),
+            offsets: self.offsets.clone(),
+        }
+    }
+
     /// The MAN's input `l_arch ++ l_image` for every patch of a batch.
     ///
     /// # Shapes

@@ -59,6 +59,16 @@ pub trait TensorSource {
     fn keys(&self) -> Vec<String>;
 }
 
+/// A stable parameter id for a checkpoint key (64-bit FNV-1a of the key).
+pub fn param_id(key: &str) -> ParamId {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.bytes() {
+        hash ^= byte as u64;
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    ParamId::from(hash)
+}
+
 /// How to draw a fresh parameter.
 #[derive(Clone, Copy, Debug)]
 pub enum Init {
@@ -174,9 +184,12 @@ impl<'a> ParamBuilder<'a> {
             Some(source) => self.take(source, key, &disk_shape, layout),
         };
         let tensor = Tensor::<D>::from_data(TensorData::new(values, shape), &self.device);
-        let id = ParamId::new();
-        self.names.by_id.insert(id, (key.to_string(), layout));
-        Param::initialized(id, tensor)
+        // A trainable parameter whose id is derived from its key, so optimiser state saved
+        // with a checkpoint finds its parameters again after a restart.
+        let mut param = Param::from_tensor(tensor);
+        param.id = param_id(key);
+        self.names.by_id.insert(param.id, (key.to_string(), layout));
+        param
     }
 
     fn draw(&mut self, len: usize, init: Init) -> Vec<f32> {

@@ -1,0 +1,259 @@
+//! The training configuration file (`TRAIN.toml`).
+//!
+//! ```toml
+//! output_dir = "runs/demo"        # relative paths are relative to this file
+//! seed = 0
+//! device = "cpu"                  # auto, gpu or cpu
+//! batch = 1
+//! checkpoint_every = 100
+//! validate_every = 200
+//! val_archs = ["dints-paper", "all-conv"]
+//!
+//! [network]
+//! preset = "demo"                 # demo or paper; optional overrides below
+//! # num_layers = 12
+//! # num_depths = 4
+//! # channel_mul = 0.0625
+//! # man_hidden = [128, 256]
+//!
+//! [[classes]]                     # background is implicit, class 0
+//! name = "spleen"
+//! values = [1]                    # label values that belong to the class
+//!
+//! [[train]]
+//! image = "ct.nii.gz"
+//! label = "seg.nii.gz"
+//!
+//! [[val]]
+//! image = "held_out.nii.gz"
+//! label = "held_out_seg.nii.gz"
+//!
+//! [preprocess]
+//! orientation = "RAS"
+//! spacing = [3.0, 3.0, 3.0]
+//! intensity = { kind = "ct_window", a_min = -175.0, a_max = 250.0, clip = true }
+//!
+//! [patch]
+//! size = [96, 96, 96]
+//! foreground_ratio = 0.5
+//!
+//! [schedule]                      # the paper's defaults unless given
+//! supernet_iters = 160000
+//! anneal_iters = 20000
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::TrainError;
+use super::data::{ClassSpec, Pair, PatchOptions, resolve};
+use super::schedule::Schedule;
+use crate::checkpoint::{CheckpointConfig, Preprocess};
+use crate::device::DeviceChoice;
+use crate::model::NetworkConfig;
+
+/// The network to train: a preset with optional overrides.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    /// `demo` or `paper`.
+    pub preset: String,
+    /// Layers.
+    pub num_layers: Option<usize>,
+    /// Levels.
+    pub num_depths: Option<usize>,
+    /// DiNTS channel multiplier.
+    pub channel_mul: Option<f64>,
+    /// MAN hidden widths.
+    pub man_hidden: Option<Vec<usize>>,
+}
+
+fn default_batch() -> usize {
+    1
+}
+fn default_every() -> usize {
+    500
+}
+fn default_val_archs() -> Vec<String> {
+    vec!["dints-paper".into(), "all-conv".into()]
+}
+fn default_overlap() -> f32 {
+    0.5
+}
+fn default_momentum() -> f64 {
+    0.9
+}
+fn default_weight_decay() -> f64 {
+    4e-5
+}
+fn default_w_fixed_samples() -> usize {
+    16
+}
+fn default_roi() -> Option<[usize; 3]> {
+    None
+}
+fn default_device() -> DeviceChoice {
+    DeviceChoice::Auto
+}
+
+/// A training configuration.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Where checkpoints and logs go.
+    pub output_dir: PathBuf,
+    /// Seed of initial weights, patches and architectures.
+    #[serde(default)]
+    pub seed: u64,
+    /// Where to train.
+    #[serde(default = "default_device")]
+    pub device: DeviceChoice,
+    /// Patches per step.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    /// Save a checkpoint every this many iterations (and at the end).
+    #[serde(default = "default_every")]
+    pub checkpoint_every: usize,
+    /// Validate every this many iterations (and at the end); 0: only at the end.
+    #[serde(default = "default_every")]
+    pub validate_every: usize,
+    /// Architecture presets evaluated at validation (a fine-tuning run uses its own).
+    #[serde(default = "default_val_archs")]
+    pub val_archs: Vec<String>,
+    /// Sliding-window overlap at validation.
+    #[serde(default = "default_overlap")]
+    pub val_overlap: f32,
+    /// SGD momentum.
+    #[serde(default = "default_momentum")]
+    pub momentum: f64,
+    /// SGD weight decay.
+    #[serde(default = "default_weight_decay")]
+    pub weight_decay: f64,
+    /// Patches averaged to initialise `w_fixed` at the start of annealing.
+    #[serde(default = "default_w_fixed_samples")]
+    pub w_fixed_samples: usize,
+    /// Sliding-window ROI stored in the checkpoint; default: the patch size.
+    #[serde(default = "default_roi")]
+    pub roi: Option<[usize; 3]>,
+    /// The network.
+    pub network: NetworkSpec,
+    /// Foreground classes (background is class 0).
+    pub classes: Vec<ClassSpec>,
+    /// Training pairs.
+    pub train: Vec<Pair>,
+    /// Validation pairs.
+    #[serde(default)]
+    pub val: Vec<Pair>,
+    /// Pre-processing.
+    pub preprocess: Preprocess,
+    /// Patch sampling.
+    #[serde(default)]
+    pub patch: PatchOptions,
+    /// Iteration counts and learning rates.
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// Directory of the configuration file (paths are relative to it).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+impl TrainConfig {
+    /// Reads a configuration file.
+    pub fn read(path: &Path) -> Result<Self, TrainError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| TrainError::Input(format!("{}: {e}", path.display())))?;
+        let mut config: TrainConfig = toml::from_str(&text)
+            .map_err(|e| TrainError::Input(format!("{}: {e}", path.display())))?;
+        config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        config
+            .check()
+            .map_err(|e| TrainError::Input(format!("{}: {e}", path.display())))?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.classes.is_empty() {
+            return Err("needs at least one [[classes]] entry".into());
+        }
+        if self.classes.len() > 254 {
+            return Err("at most 254 foreground classes".into());
+        }
+        if self.batch == 0 {
+            return Err("batch must be at least 1".into());
+        }
+        let net = self.network_config_unchecked()?;
+        net.validate()?;
+        let divisor = net.input_divisor();
+        if self.patch.size.iter().any(|s| *s == 0 || s % divisor != 0) {
+            return Err(format!(
+                "patch size {:?} must be a positive multiple of {divisor}",
+                self.patch.size
+            ));
+        }
+        self.checkpoint_config(net).validate()
+    }
+
+    fn network_config_unchecked(&self) -> Result<NetworkConfig, String> {
+        let classes = self.classes.len() + 1;
+        let mut net = NetworkConfig::preset(&self.network.preset, 1, classes).ok_or_else(|| {
+            format!(
+                "unknown network preset '{}' (known: demo, paper)",
+                self.network.preset
+            )
+        })?;
+        if let Some(n) = self.network.num_layers {
+            net.space.num_layers = n;
+        }
+        if let Some(n) = self.network.num_depths {
+            net.space.num_depths = n;
+        }
+        if let Some(m) = self.network.channel_mul {
+            net.channel_mul = m;
+        }
+        if let Some(h) = &self.network.man_hidden {
+            net.man_hidden = h.clone();
+        }
+        Ok(net)
+    }
+
+    /// The network configuration.
+    pub fn network_config(&self) -> Result<NetworkConfig, TrainError> {
+        self.network_config_unchecked().map_err(TrainError::Input)
+    }
+
+    /// The configuration stored in checkpoints of this run.
+    pub fn checkpoint_config(&self, network: NetworkConfig) -> CheckpointConfig {
+        let mut names = vec!["background".to_string()];
+        names.extend(self.classes.iter().map(|c| c.name.clone()));
+        let mut config = CheckpointConfig::new(network, names);
+        config.preprocess = self.preprocess.clone();
+        config.roi = self.roi.unwrap_or(self.patch.size);
+        config
+    }
+
+    /// Output folder, resolved.
+    pub fn output_dir(&self) -> PathBuf {
+        resolve(&self.base_dir, &self.output_dir)
+    }
+
+    /// Training pairs with resolved paths.
+    pub fn train_pairs(&self) -> Vec<Pair> {
+        self.resolve_pairs(&self.train)
+    }
+
+    /// Validation pairs with resolved paths.
+    pub fn val_pairs(&self) -> Vec<Pair> {
+        self.resolve_pairs(&self.val)
+    }
+
+    fn resolve_pairs(&self, pairs: &[Pair]) -> Vec<Pair> {
+        pairs
+            .iter()
+            .map(|p| Pair {
+                image: resolve(&self.base_dir, &p.image),
+                label: resolve(&self.base_dir, &p.label),
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,326 @@
+//! Training data: image/label pairs on the processing grid, and random patches with
+//! foreground/background centring and augmentation.
+
+use std::path::{Path, PathBuf};
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::Preprocess;
+use crate::inference::{Prepared, prepare, x_fastest_to_z_fastest};
+use crate::volume::{self, Volume};
+
+/// One image with its label map.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Pair {
+    /// Image volume.
+    pub image: PathBuf,
+    /// Label volume on the same grid.
+    pub label: PathBuf,
+}
+
+/// A class and the label values that make it up in the label files.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClassSpec {
+    /// Class name.
+    pub name: String,
+    /// Label values (in the label files) that belong to this class.
+    pub values: Vec<u32>,
+}
+
+/// Errors loading training data; each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// A volume could not be read.
+    #[error(transparent)]
+    Volume(#[from] volume::VolumeError),
+    /// Image and label disagree.
+    #[error("{label}: label grid {label_dims:?} does not match image {image} grid {image_dims:?}")]
+    Grid {
+        /// The image.
+        image: String,
+        /// The label.
+        label: String,
+        /// Image dims.
+        image_dims: [usize; 3],
+        /// Label dims.
+        label_dims: [usize; 3],
+    },
+}
+
+/// A pair on the processing grid: normalised image and class indices, both x-major with z
+/// fastest.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    /// Image values.
+    pub image: Vec<f32>,
+    /// Class index per voxel.
+    pub label: Vec<u8>,
+    /// Grid size.
+    pub dims: [usize; 3],
+    /// Indices of foreground voxels (class > 0).
+    pub foreground: Vec<u32>,
+    /// Indices of background voxels.
+    pub background: Vec<u32>,
+    /// Where it came from.
+    pub name: String,
+}
+
+/// Maps raw label values to class indices (0 = background).
+pub fn class_indices(raw: &[f32], classes: &[ClassSpec]) -> Vec<u8> {
+    raw.iter()
+        .map(|&v| {
+            if !(v.is_finite() && v >= 0.0) {
+                return 0;
+            }
+            let v = v.round() as u32;
+            classes
+                .iter()
+                .position(|c| c.values.contains(&v))
+                .map_or(0, |i| (i + 1) as u8)
+        })
+        .collect()
+}
+
+/// Puts a label volume through the same reorientation and resampling (nearest) as its
+/// image went through in [`prepare`].
+fn prepare_label(label: &Volume, prepared: &Prepared, classes: &[ClassSpec]) -> Vec<u8> {
+    let (ras, _) = label.to_ras();
+    let indices: Vec<f32> = class_indices(&ras.data, classes)
+        .into_iter()
+        .map(f32::from)
+        .collect();
+    let resampled = volume::resample(
+        &indices,
+        ras.dims,
+        prepared.dims,
+        prepared.scale,
+        prepared.offset,
+        volume::Interp::Nearest,
+    );
+    x_fastest_to_z_fastest(&resampled, prepared.dims)
+        .into_iter()
+        .map(|v| v as u8)
+        .collect()
+}
+
+/// Loads a pair onto the processing grid.
+pub fn load_sample(
+    pair: &Pair,
+    pre: &Preprocess,
+    classes: &[ClassSpec],
+) -> Result<Sample, DataError> {
+    let image = volume::read_volume(&pair.image)?;
+    let label = volume::read_volume(&pair.label)?;
+    if image.dims != label.dims {
+        return Err(DataError::Grid {
+            image: pair.image.display().to_string(),
+            label: pair.label.display().to_string(),
+            image_dims: image.dims,
+            label_dims: label.dims,
+        });
+    }
+    let prepared = prepare(&image, pre);
+    let label = prepare_label(&label, &prepared, classes);
+    let (mut foreground, mut background) = (Vec::new(), Vec::new());
+    for (i, &l) in label.iter().enumerate() {
+        if l > 0 {
+            foreground.push(i as u32);
+        } else {
+            background.push(i as u32);
+        }
+    }
+    Ok(Sample {
+        image: prepared.data,
+        label,
+        dims: prepared.dims,
+        foreground,
+        background,
+        name: pair.image.display().to_string(),
+    })
+}
+
+/// How patches are drawn.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PatchOptions {
+    /// Patch size (x, y, z).
+    pub size: [usize; 3],
+    /// Probability that a patch is centred on a foreground voxel (1:1 by default).
+    pub foreground_ratio: f64,
+    /// Axes that may be flipped (each with probability 0.5). Axis 0 is left-right in RAS;
+    /// flipping axis 1 (anterior-posterior) too also covers data whose in-plane axes are
+    /// stored flipped against their header, as some MSD images are.
+    pub flip_axes: Vec<usize>,
+    /// Intensity shift: a uniform offset in [-shift, shift] added to the normalised image.
+    pub intensity_shift: f32,
+}
+
+impl Default for PatchOptions {
+    fn default() -> Self {
+        Self {
+            size: [96; 3],
+            foreground_ratio: 0.5,
+            flip_axes: vec![0, 1],
+            intensity_shift: 0.1,
+        }
+    }
+}
+
+/// One patch: image values and class indices, x-major with z fastest.
+pub struct Patch {
+    /// Image values.
+    pub image: Vec<f32>,
+    /// Class indices.
+    pub label: Vec<u8>,
+}
+
+/// Draws a patch from `sample`: centre on a foreground voxel with probability
+/// `foreground_ratio` (a background voxel otherwise), crop (zero-padding where the volume is
+/// smaller), flip and shift.
+pub fn random_patch<R: Rng>(sample: &Sample, options: &PatchOptions, rng: &mut R) -> Patch {
+    let dims = sample.dims;
+    let size = options.size;
+    let pick_from = |list: &Vec<u32>, rng: &mut R| list[rng.random_range(0..list.len())] as usize;
+    let want_foreground = rng.random::<f64>() < options.foreground_ratio;
+    let centre = match (
+        want_foreground,
+        sample.foreground.is_empty(),
+        sample.background.is_empty(),
+    ) {
+        (true, false, _) | (false, false, true) => pick_from(&sample.foreground, rng),
+        (_, _, false) => pick_from(&sample.background, rng),
+        _ => 0,
+    };
+    let c = [
+        centre / (dims[1] * dims[2]),
+        (centre / dims[2]) % dims[1],
+        centre % dims[2],
+    ];
+    // Start so the centre sits in the middle, kept inside the volume where it is large
+    // enough; smaller volumes are centred in the patch and padded.
+    let start: [isize; 3] = std::array::from_fn(|a| {
+        if dims[a] >= size[a] {
+            (c[a] as isize - (size[a] / 2) as isize).clamp(0, (dims[a] - size[a]) as isize)
+        } else {
+            -(((size[a] - dims[a]) / 2) as isize)
+        }
+    });
+    let flip: [bool; 3] =
+        std::array::from_fn(|a| options.flip_axes.contains(&a) && rng.random::<bool>());
+    let shift = if options.intensity_shift > 0.0 {
+        rng.random_range(-options.intensity_shift..=options.intensity_shift)
+    } else {
+        0.0
+    };
+
+    let len = size.iter().product();
+    let mut image = vec![0.0f32; len];
+    let mut label = vec![0u8; len];
+    let mut i = 0;
+    for px in 0..size[0] {
+        for py in 0..size[1] {
+            for pz in 0..size[2] {
+                let p = [px, py, pz];
+                let src: [isize; 3] = std::array::from_fn(|a| {
+                    let q = if flip[a] { size[a] - 1 - p[a] } else { p[a] };
+                    start[a] + q as isize
+                });
+                if (0..3).all(|a| src[a] >= 0 && (src[a] as usize) < dims[a]) {
+                    let j =
+                        (src[0] as usize * dims[1] + src[1] as usize) * dims[2] + src[2] as usize;
+                    image[i] = sample.image[j] + shift;
+                    label[i] = sample.label[j];
+                }
+                i += 1;
+            }
+        }
+    }
+    Patch { image, label }
+}
+
+/// Resolves `path` against `base` unless it is absolute.
+pub fn resolve(base: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn sample() -> Sample {
+        let dims = [6, 5, 4];
+        let n = 120;
+        let image: Vec<f32> = (0..n).map(|i| i as f32).collect();
+        let mut label = vec![0u8; n];
+        label[(3 * 5 + 2) * 4 + 1] = 1;
+        Sample {
+            foreground: vec![((3 * 5 + 2) * 4 + 1) as u32],
+            background: (0..n as u32).filter(|&i| i != 77).collect(),
+            image,
+            label,
+            dims,
+            name: "synthetic".into(),
+        }
+    }
+
+    #[test]
+    fn foreground_patches_contain_the_foreground_voxel() {
+        let s = sample();
+        let options = PatchOptions {
+            size: [4, 4, 4],
+            foreground_ratio: 1.0,
+            flip_axes: vec![],
+            intensity_shift: 0.0,
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+        for _ in 0..10 {
+            let p = random_patch(&s, &options, &mut rng);
+            assert_eq!(p.label.iter().filter(|&&l| l == 1).count(), 1);
+            // The image and label stay aligned: the labelled voxel carries value 77.
+            let at = p.label.iter().position(|&l| l == 1).unwrap();
+            assert_eq!(p.image[at], 77.0);
+        }
+    }
+
+    #[test]
+    fn small_volumes_are_padded_and_flips_keep_alignment() {
+        let s = sample();
+        let options = PatchOptions {
+            size: [8, 8, 8],
+            foreground_ratio: 1.0,
+            flip_axes: vec![0, 1, 2],
+            intensity_shift: 0.0,
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        for _ in 0..10 {
+            let p = random_patch(&s, &options, &mut rng);
+            assert_eq!(p.image.len(), 512);
+            let at = p.label.iter().position(|&l| l == 1).unwrap();
+            assert_eq!(p.image[at], 77.0);
+            // 120 real voxels, the rest padding.
+            assert_eq!(p.image.iter().filter(|&&v| v != 0.0).count(), 119);
+        }
+    }
+
+    #[test]
+    fn class_indices_map_label_values() {
+        let classes = vec![
+            ClassSpec {
+                name: "spleen".into(),
+                values: vec![1],
+            },
+            ClassSpec {
+                name: "liver".into(),
+                values: vec![5, 6],
+            },
+        ];
+        let raw = [0.0, 1.0, 5.0, 6.0, 7.0, f32::NAN];
+        assert_eq!(class_indices(&raw, &classes), vec![0, 1, 2, 2, 0, 0]);
+    }
+}
