@@ -21,7 +21,7 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView, View};
 use serde::{Deserialize, Serialize};
 
 use crate::arch::{ArchCode, ArchFile};
-use crate::model::weights::Layout;
+use crate::model::weights::{Layout, transpose};
 use crate::model::{ModelError, Network, NetworkConfig, OpKeys, TensorSource};
 
 /// The metadata key holding the configuration JSON.
@@ -63,6 +63,31 @@ pub struct Preprocess {
 }
 
 impl Preprocess {
+    /// Checks the values, with messages a user can act on.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.orientation != "RAS" {
+            return Err(format!(
+                "orientation '{}' is not supported (only RAS)",
+                self.orientation
+            ));
+        }
+        if let Some(spacing) = self.spacing
+            && spacing.iter().any(|s| !(s.is_finite() && *s > 0.0))
+        {
+            return Err(format!("target spacing {spacing:?} mm must be positive"));
+        }
+        match &self.intensity {
+            Intensity::CtWindow { a_min, a_max, .. }
+                if !(a_min.is_finite() && a_max.is_finite() && a_max > a_min) =>
+            {
+                Err(format!(
+                    "CT window [{a_min}, {a_max}] must be finite with a_max > a_min"
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// RAS, 1.5 mm, CT window [-175, 250] HU (a common abdominal window).
     pub fn ct_default() -> Self {
         Self {
@@ -125,6 +150,13 @@ impl CheckpointConfig {
         if self.format != FORMAT {
             return Err(format!("format is '{}', expected '{FORMAT}'", self.format));
         }
+        if self.version != 1 {
+            return Err(format!(
+                "format version {} is not supported (this build reads version 1)",
+                self.version
+            ));
+        }
+        self.preprocess.validate()?;
         self.network.validate()?;
         if self.class_names.len() != self.network.num_classes {
             return Err(format!(
@@ -134,6 +166,13 @@ impl CheckpointConfig {
             ));
         }
         let divisor = self.network.input_divisor();
+        let max_roi = crate::inference::MAX_ROI;
+        if self.roi.iter().any(|r| *r > max_roi) {
+            return Err(format!(
+                "ROI {:?} is larger than {max_roi} per side",
+                self.roi
+            ));
+        }
         if self.roi.iter().any(|r| *r == 0 || r % divisor != 0) {
             return Err(format!(
                 "ROI {:?} must be a positive multiple of {divisor} in every dimension",
@@ -185,10 +224,27 @@ pub enum CheckpointError {
     },
 }
 
-/// A memory-mapped safetensors file.
+/// The bytes of a safetensors file: memory-mapped from disk, or embedded in the binary.
+enum Storage {
+    Mapped(memmap2::Mmap),
+    Static(&'static [u8]),
+}
+
+impl std::ops::Deref for Storage {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Storage::Mapped(map) => map,
+            Storage::Static(bytes) => bytes,
+        }
+    }
+}
+
+/// A memory-mapped (or embedded) safetensors file.
 pub struct SafetensorsFile {
     path: PathBuf,
-    map: memmap2::Mmap,
+    map: Storage,
 }
 
 impl SafetensorsFile {
@@ -204,7 +260,17 @@ impl SafetensorsFile {
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
         let this = Self {
             path: path.to_path_buf(),
-            map,
+            map: Storage::Mapped(map),
+        };
+        this.tensors()?;
+        Ok(this)
+    }
+
+    /// Wraps bytes embedded in the binary; `name` stands in for the path in messages.
+    pub fn from_static(name: &str, bytes: &'static [u8]) -> Result<Self, CheckpointError> {
+        let this = Self {
+            path: PathBuf::from(name),
+            map: Storage::Static(bytes),
         };
         this.tensors()?;
         Ok(this)
@@ -318,8 +384,8 @@ fn config_of(file: &SafetensorsFile) -> Result<CheckpointConfig, CheckpointError
     let meta = file.metadata()?;
     let json = meta.get(METADATA_KEY).ok_or_else(|| {
         format_error(format!(
-            "no '{METADATA_KEY}' metadata: not a HyperSegNAS checkpoint (a plain DiNTS \
-             state dict is imported with `import`, not opened directly)"
+            "no '{METADATA_KEY}' metadata: not a HyperSegNAS checkpoint (importing MONAI \
+             DiNTS state dicts is not supported yet)"
         ))
     })?;
     let config: CheckpointConfig = serde_json::from_str(json)
@@ -338,8 +404,25 @@ pub struct Checkpoint {
 
 /// Loads a native checkpoint onto `device`.
 pub fn load(path: &Path, device: &Device) -> Result<Checkpoint, CheckpointError> {
-    let file = SafetensorsFile::open(path)?;
-    let config = config_of(&file)?;
+    load_file(&SafetensorsFile::open(path)?, device)
+}
+
+/// The demo super-net shipped with the tool (`assets/demo.safetensors`, see the model card
+/// beside it), used when no checkpoint is given.
+pub static DEMO_CHECKPOINT: &[u8] = include_bytes!("../assets/demo.safetensors");
+
+/// Loads the embedded demo checkpoint onto `device`.
+pub fn load_demo(device: &Device) -> Result<Checkpoint, CheckpointError> {
+    load_file(
+        &SafetensorsFile::from_static("<bundled demo checkpoint>", DEMO_CHECKPOINT)?,
+        device,
+    )
+}
+
+/// Loads an opened checkpoint file onto `device`.
+pub fn load_file(file: &SafetensorsFile, device: &Device) -> Result<Checkpoint, CheckpointError> {
+    let path = file.path();
+    let config = config_of(file)?;
     let source = SafetensorsSource::new(file.tensors()?);
     let network = Network::from_source(&config.network, device, &source, &OpKeys::SuperNet, None)
         .map_err(|source| CheckpointError::Model {
@@ -377,6 +460,7 @@ impl View for &OwnedView {
 struct Collector<'a> {
     names: &'a crate::model::ParamNames,
     out: Vec<(String, OwnedView)>,
+    errors: Vec<String>,
 }
 
 impl ModuleVisitor for Collector<'_> {
@@ -386,22 +470,18 @@ impl ModuleVisitor for Collector<'_> {
         };
         let tensor = param.val();
         let shape = tensor.dims().to_vec();
-        let values: Vec<f32> = tensor
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .unwrap_or_default();
+        let values: Vec<f32> = match tensor.into_data().convert::<f32>().try_to_vec::<f32>() {
+            Ok(values) => values,
+            Err(e) => {
+                self.errors.push(format!("{key}: {e:?}"));
+                return;
+            }
+        };
         let (shape, values) = match layout {
             Layout::Plain => (shape, values),
             Layout::LinearWeight => {
                 let (rows, cols) = (shape[0], shape[1]);
-                let mut t = vec![0.0; values.len()];
-                for r in 0..rows {
-                    for c in 0..cols {
-                        t[c * rows + r] = values[r * cols + c];
-                    }
-                }
-                (vec![cols, rows], t)
+                (vec![cols, rows], transpose(&values, rows, cols))
             }
         };
         let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -409,8 +489,8 @@ impl ModuleVisitor for Collector<'_> {
     }
 }
 
-/// Saves `network` with `config` to `path`, atomically. Refuses to overwrite `protect`
-/// (for example the checkpoint it was loaded from, when the caller wants that).
+/// Saves `network` with `config` to `path`, atomically (a temporary file renamed over the
+/// destination, so a killed writer never leaves a corrupt checkpoint).
 pub fn save(
     path: &Path,
     network: &Network,
@@ -428,8 +508,15 @@ pub fn save(
     let mut collector = Collector {
         names: &network.names,
         out: Vec::new(),
+        errors: Vec::new(),
     };
     network.model.visit(&mut collector);
+    if !collector.errors.is_empty() {
+        return Err(format_error(format!(
+            "could not read tensors: {}",
+            collector.errors.join(", ")
+        )));
+    }
     if collector.out.len() != network.names.len() {
         return Err(format_error(format!(
             "collected {} of {} named tensors",

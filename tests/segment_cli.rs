@@ -245,3 +245,23 @@ fn info_describes_volumes_checkpoints_and_architectures() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("LPS"));
     }
 }
+
+#[test]
+fn segment_without_a_checkpoint_uses_the_bundled_demo() {
+    let Some(ct) =
+        common::data_file("ivadomed_data-testing/ct_scan/sub-spleen2/ct/sub-spleen2_ct.nii.gz")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mask = dir.path().join("spleen.nii.gz");
+    let out = run(bin()
+        .arg("segment")
+        .arg(&ct)
+        .args(["--device", "cpu", "--mode", "fixed", "-o"])
+        .arg(&mask));
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bundled demo checkpoint"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("spleen"));
+    check_same_grid(&mask, &ct);
+}

@@ -47,6 +47,7 @@ const DINTS_PAPER_C: [[u8; 10]; 12] = [
 ///   there, and comes back up so that the last layer ends at level 0.
 /// - `random-N`: a uniformly drawn valid code (see [`sample_uniform`]) with seed N.
 pub fn preset(name: &str, space: &SearchSpace) -> Result<ArchCode, ArchError> {
+    space.validate()?;
     let conv = space
         .ops
         .iter()

@@ -9,10 +9,10 @@ use hypersegnas::volume;
 use super::{CliResult, input};
 
 /// Prints what `path` holds.
-pub fn run(path: &Path) -> CliResult {
+pub fn run(path: &Path, verify: bool) -> CliResult {
     let name = path.to_string_lossy().to_ascii_lowercase();
     if name.ends_with(".safetensors") {
-        checkpoint_info(path)
+        checkpoint_info(path, verify)
     } else if name.ends_with(".json") {
         arch_info(path)
     } else {
@@ -73,7 +73,7 @@ fn volume_info(path: &Path) -> CliResult {
     Ok(())
 }
 
-fn checkpoint_info(path: &Path) -> CliResult {
+fn checkpoint_info(path: &Path, verify: bool) -> CliResult {
     let config = input(checkpoint::read_config(path))?;
     let file = input(checkpoint::SafetensorsFile::open(path))?;
     let tensors = input(file.tensors())?;
@@ -129,6 +129,15 @@ fn checkpoint_info(path: &Path) -> CliResult {
     }
     if let Some(training) = &config.training {
         println!("training    {training}");
+    }
+    if verify {
+        let started = std::time::Instant::now();
+        let loaded = input(checkpoint::load(path, &burn::tensor::Device::flex()))?;
+        println!(
+            "verified    every tensor loads ({} parameters, {:.1} s)",
+            loaded.network.num_params(),
+            started.elapsed().as_secs_f64()
+        );
     }
     Ok(())
 }

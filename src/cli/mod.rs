@@ -63,6 +63,10 @@ enum Command {
     Info {
         /// The file.
         file: PathBuf,
+        /// For a checkpoint: also load every tensor into the network on the CPU, which
+        /// reports any missing, unexpected or wrongly shaped tensor.
+        #[arg(long)]
+        verify: bool,
     },
     /// Create a freshly initialised checkpoint.
     Init(InitArgs),
@@ -97,6 +101,9 @@ struct InitArgs {
     /// Output checkpoint (.safetensors).
     #[arg(long, short)]
     output: PathBuf,
+    /// Replace an existing file at the output path.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(clap::Args)]
@@ -120,9 +127,23 @@ struct ArchArgs {
 
 /// Parses the command line, runs the command and turns failures into exit codes.
 pub fn run() -> ExitCode {
+    // The Vulkan loader complains on stderr when XDG_RUNTIME_DIR is unset (common on
+    // servers); give it a private folder before any thread exists.
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        let dir = std::env::temp_dir().join("hypersegnas-runtime");
+        if std::fs::create_dir_all(&dir).is_ok() {
+            // SAFETY: called first thing in main, while the process has a single thread.
+            unsafe { std::env::set_var("XDG_RUNTIME_DIR", &dir) };
+        }
+    }
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = match tracing_subscriber::EnvFilter::try_new(&cli.log) {
+        Ok(filter) => filter,
+        Err(e) => {
+            eprintln!("hypersegnas: --log {}: {e}", cli.log);
+            return ExitCode::from(2);
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -133,7 +154,7 @@ pub fn run() -> ExitCode {
 
     let result = match cli.command {
         Command::Segment(args) => segment::run(args),
-        Command::Info { file } => info::run(&file),
+        Command::Info { file, verify } => info::run(&file, verify),
         Command::Init(args) => init(args),
         Command::Arch(args) => arch_command(args),
         Command::Train(args) => train::run_train(args),
@@ -165,6 +186,19 @@ pub fn triple<T: Copy>(values: &[T], what: &str) -> CliResult<[T; 3]> {
 }
 
 fn init(args: InitArgs) -> CliResult {
+    let name = args.output.to_string_lossy().to_ascii_lowercase();
+    if !name.ends_with(".safetensors") {
+        return Err(Failure::Input(format!(
+            "{}: checkpoints are .safetensors files",
+            args.output.display()
+        )));
+    }
+    if args.output.exists() && !args.force {
+        return Err(Failure::Input(format!(
+            "{}: exists; pass --force to replace it",
+            args.output.display()
+        )));
+    }
     let classes = args.classes.len();
     let network = NetworkConfig::preset(&args.network, 1, classes).ok_or_else(|| {
         Failure::Input(format!(
@@ -192,6 +226,7 @@ fn init(args: InitArgs) -> CliResult {
         intensity,
     };
     config.roi = triple(&args.roi, "--roi")?;
+    input(config.validate())?;
     let selected = input(hypersegnas::device::select(DeviceChoice::Cpu))?;
     let net = input(Network::fresh(&network, &selected.device, args.seed))?;
     input(checkpoint::save(&args.output, &net, &config))?;

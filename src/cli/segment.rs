@@ -18,9 +18,9 @@ use super::{CliResult, Failure, input, internal, triple};
 pub struct SegmentArgs {
     /// Input volume (.nii, .nii.gz, .hdr/.img). 4-D input: the first volume is used.
     volume: PathBuf,
-    /// Checkpoint (.safetensors).
+    /// Checkpoint (.safetensors). Default: the bundled demo super-net (spleen on CT).
     #[arg(long)]
-    checkpoint: PathBuf,
+    checkpoint: Option<PathBuf>,
     /// Architecture JSON file.
     #[arg(long, conflicts_with = "preset")]
     arch: Option<PathBuf>,
@@ -58,7 +58,8 @@ pub struct SegmentArgs {
 pub fn run(args: SegmentArgs) -> CliResult {
     // Refuse to clobber inputs before doing any work.
     for out in std::iter::once(&args.output).chain(args.probabilities.as_ref()) {
-        if same_file(out, &args.volume) || same_file(out, &args.checkpoint) {
+        let is_checkpoint = args.checkpoint.as_ref().is_some_and(|c| same_file(out, c));
+        if same_file(out, &args.volume) || is_checkpoint {
             return Err(Failure::Input(format!(
                 "{}: refusing to overwrite an input file",
                 out.display()
@@ -66,12 +67,43 @@ pub fn run(args: SegmentArgs) -> CliResult {
         }
     }
 
+    if args
+        .probabilities
+        .as_ref()
+        .is_some_and(|p| p == &args.output || same_file(p, &args.output))
+    {
+        return Err(Failure::Input(format!(
+            "{}: the label map and the probabilities need different files",
+            args.output.display()
+        )));
+    }
+    for out in std::iter::once(&args.output).chain(args.probabilities.as_ref()) {
+        input(volume::check_output_path(out))?;
+    }
+    if args.batch == 0 {
+        return Err(Failure::Input("--batch must be at least 1".into()));
+    }
+
+    // Read the volume first: a bad input file fails before any device or model work.
+    let vol = input(volume::read_volume(&args.volume))?;
+    for warning in &vol.warnings {
+        tracing::warn!("{warning}");
+    }
+
     let selected = input(device::select(args.device))?;
     let started = Instant::now();
-    let ckpt = input(checkpoint::load(&args.checkpoint, &selected.device))?;
+    let (ckpt, ckpt_name) = match &args.checkpoint {
+        Some(path) => (
+            input(checkpoint::load(path, &selected.device))?,
+            path.display().to_string(),
+        ),
+        None => (
+            input(checkpoint::load_demo(&selected.device))?,
+            "the bundled demo checkpoint".to_string(),
+        ),
+    };
     tracing::info!(
-        "loaded {} ({} parameters) in {:.1} s",
-        args.checkpoint.display(),
+        "loaded {ckpt_name} ({} parameters) in {:.1} s",
         ckpt.network.num_params(),
         started.elapsed().as_secs_f64()
     );
@@ -80,12 +112,9 @@ pub fn run(args: SegmentArgs) -> CliResult {
         (Some(path), _) => input(arch::read_arch_json(path))?,
         (None, Some(name)) => input(arch::preset(name, space))?,
         (None, None) => match ckpt.config.default_arch() {
-            Some(code) => code.map_err(|e| {
-                Failure::Input(format!(
-                    "{}: stored architecture: {e}",
-                    args.checkpoint.display()
-                ))
-            })?,
+            Some(code) => {
+                code.map_err(|e| Failure::Input(format!("{ckpt_name}: stored architecture: {e}")))?
+            }
             None => input(arch::preset("all-conv", space))?,
         },
     };
@@ -108,10 +137,6 @@ pub fn run(args: SegmentArgs) -> CliResult {
         None => ckpt.config.roi,
     };
 
-    let vol = input(volume::read_volume(&args.volume))?;
-    for warning in &vol.warnings {
-        tracing::warn!("{warning}");
-    }
     tracing::info!(
         "volume {} : {:?} voxels at {:.2?} mm",
         args.volume.display(),
@@ -154,16 +179,13 @@ pub fn run(args: SegmentArgs) -> CliResult {
         Ok(seg) => seg,
         Err(e @ WindowError::Options(_)) => return Err(Failure::Input(e.to_string())),
         Err(e @ WindowError::Model(hypersegnas::model::ModelError::Mode(_))) => {
-            return Err(Failure::Input(format!(
-                "{}: {e}",
-                args.checkpoint.display()
-            )));
+            return Err(Failure::Input(format!("{ckpt_name}: {e}")));
         }
         Err(e) => return internal(Err(e)),
     };
     tracing::info!("inference done in {:.1} s", started.elapsed().as_secs_f64());
 
-    input(volume::write_label_map(&args.output, &seg.labels, &vol))?;
+    // Probabilities first: if either write fails, nothing of this run is left behind.
     if let (Some(path), Some(probs)) = (&args.probabilities, &seg.probabilities) {
         input(volume::write_float_channels(
             path,
@@ -171,6 +193,12 @@ pub fn run(args: SegmentArgs) -> CliResult {
             ckpt.config.network.num_classes,
             &vol,
         ))?;
+    }
+    if let Err(e) = volume::write_label_map(&args.output, &seg.labels, &vol) {
+        if let Some(path) = &args.probabilities {
+            let _ = std::fs::remove_file(path);
+        }
+        return Err(Failure::Input(e.to_string()));
     }
     println!("wrote {}", args.output.display());
     for (name, count) in ckpt.config.class_names.iter().zip(&seg.counts) {

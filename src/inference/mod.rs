@@ -5,7 +5,8 @@
 mod window;
 
 pub use window::{
-    Blend, Progress, WindowError, WindowOptions, importance_map, sliding_window, window_starts,
+    Blend, MAX_ROI, Progress, WindowError, WindowOptions, importance_map, sliding_window,
+    window_starts,
 };
 
 use std::ops::ControlFlow;
@@ -110,10 +111,33 @@ pub fn normalise(data: &mut [f32], intensity: &Intensity) {
     }
 }
 
-/// Reorients to RAS, resamples to the target spacing (trilinear) and normalises.
-pub fn prepare(volume: &Volume, pre: &Preprocess) -> Prepared {
+/// The largest processing grid [`prepare`] builds (2^29 voxels, 2 GiB per f32 channel).
+pub const MAX_GRID_VOXELS: usize = 1 << 29;
+
+/// Reorients to RAS, resamples to the target spacing (trilinear) and normalises. Refuses a
+/// processing grid larger than [`MAX_GRID_VOXELS`] (an absurd voxel size in the header or
+/// target spacing in the checkpoint) instead of trying to allocate it.
+pub fn prepare(volume: &Volume, pre: &Preprocess) -> Result<Prepared, WindowError> {
     let (ras, orientation) = volume.to_ras();
     let target = pre.spacing.unwrap_or(ras.spacing);
+    if target.iter().any(|t| !(t.is_finite() && *t > 0.0)) {
+        return Err(WindowError::Options(format!(
+            "target spacing {target:?} mm must be positive"
+        )));
+    }
+    let extent: Vec<f64> = (0..3)
+        .map(|a| ras.dims[a] as f64 * ras.spacing[a] / target[a])
+        .collect();
+    let voxels: f64 = extent.iter().map(|e| e.round().max(1.0)).product();
+    if !voxels.is_finite() || voxels > MAX_GRID_VOXELS as f64 {
+        return Err(WindowError::Options(format!(
+            "{}: resampling {:?} voxels of {:.4?} mm to {target:?} mm gives about {voxels:.3e} \
+             voxels, more than the limit of {MAX_GRID_VOXELS}",
+            volume.path.display(),
+            ras.dims,
+            ras.spacing
+        )));
+    }
     let map = spacing_map(ras.dims, ras.spacing, target);
     let mut data = resample(
         &ras.data,
@@ -124,7 +148,7 @@ pub fn prepare(volume: &Volume, pre: &Preprocess) -> Prepared {
         Interp::Linear,
     );
     normalise(&mut data, &pre.intensity);
-    Prepared {
+    Ok(Prepared {
         data: x_fastest_to_z_fastest(&data, map.out_dims),
         dims: map.out_dims,
         spacing: target,
@@ -132,7 +156,7 @@ pub fn prepare(volume: &Volume, pre: &Preprocess) -> Prepared {
         ras_dims: ras.dims,
         scale: map.scale,
         offset: map.offset,
-    }
+    })
 }
 
 /// The result of [`segment`], on the input volume's own grid (stored voxel order).
@@ -170,7 +194,7 @@ pub fn segment(
             network.config.in_channels
         )));
     }
-    let prepared = prepare(volume, pre);
+    let prepared = prepare(volume, pre)?;
     tracing::debug!(
         "processing grid {:?} at {:?} mm (RAS grid {:?})",
         prepared.dims,

@@ -37,6 +37,9 @@ pub struct WindowOptions {
     pub mode: WeightMode,
 }
 
+/// The largest sliding-window side accepted.
+pub const MAX_ROI: usize = 1024;
+
 /// Progress of a long computation.
 #[derive(Clone, Copy, Debug)]
 pub struct Progress {
@@ -132,6 +135,11 @@ pub fn sliding_window(
     if roi.iter().any(|r| *r == 0 || r % divisor != 0) {
         return Err(WindowError::Options(format!(
             "ROI {roi:?} must be a positive multiple of {divisor}"
+        )));
+    }
+    if roi.iter().any(|r| *r > MAX_ROI) {
+        return Err(WindowError::Options(format!(
+            "ROI {roi:?} is larger than {MAX_ROI} voxels per side"
         )));
     }
     let uses_man = matches!(options.mode, WeightMode::Man | WeightMode::Blend(_));

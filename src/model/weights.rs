@@ -59,6 +59,17 @@ pub trait TensorSource {
     fn keys(&self) -> Vec<String>;
 }
 
+/// The transpose of a row-major `rows x cols` matrix.
+pub fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; values.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = values[r * cols + c];
+        }
+    }
+    out
+}
+
 /// A stable parameter id for a checkpoint key (64-bit FNV-1a of the key).
 pub fn param_id(key: &str) -> ParamId {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -231,17 +242,8 @@ impl<'a> ParamBuilder<'a> {
         };
         match layout {
             Layout::Plain => values.into_owned(),
-            Layout::LinearWeight => {
-                // Disk [out, in] -> memory [in, out], in one pass.
-                let (rows, cols) = (disk_shape[0], disk_shape[1]);
-                let mut out = vec![0.0; len];
-                for r in 0..rows {
-                    for c in 0..cols {
-                        out[c * rows + r] = values[r * cols + c];
-                    }
-                }
-                out
-            }
+            // Disk [out, in] -> memory [in, out], in one pass.
+            Layout::LinearWeight => transpose(&values, disk_shape[0], disk_shape[1]),
         }
     }
 

@@ -182,6 +182,64 @@ impl TrainConfig {
         if self.batch == 0 {
             return Err("batch must be at least 1".into());
         }
+        let mut seen = std::collections::BTreeSet::new();
+        for class in &self.classes {
+            if class.name.eq_ignore_ascii_case("background") {
+                return Err("class 0 is the implicit background; do not list it".into());
+            }
+            if class.values.is_empty() {
+                return Err(format!("class '{}' lists no label values", class.name));
+            }
+            for v in &class.values {
+                if *v == 0 {
+                    return Err(format!(
+                        "class '{}' claims label value 0, which is the background",
+                        class.name
+                    ));
+                }
+                if !seen.insert(*v) {
+                    return Err(format!("label value {v} belongs to two classes"));
+                }
+            }
+        }
+        if !(0.0..=1.0).contains(&self.patch.foreground_ratio) {
+            return Err(format!(
+                "patch.foreground_ratio must be in [0, 1], got {}",
+                self.patch.foreground_ratio
+            ));
+        }
+        if self.patch.flip_axes.iter().any(|a| *a > 2) {
+            return Err(format!(
+                "patch.flip_axes {:?}: axes are 0, 1, 2",
+                self.patch.flip_axes
+            ));
+        }
+        if !(self.patch.intensity_shift.is_finite() && self.patch.intensity_shift >= 0.0) {
+            return Err("patch.intensity_shift must be finite and >= 0".into());
+        }
+        let s = &self.schedule;
+        for (name, lr) in [
+            ("warmup_start_lr", s.warmup_start_lr),
+            ("peak_lr", s.peak_lr),
+            ("anneal_lr", s.anneal_lr),
+            ("finetune_lr", s.finetune_lr),
+            ("momentum", self.momentum),
+            ("weight_decay", self.weight_decay),
+        ] {
+            if !(lr.is_finite() && lr >= 0.0) {
+                return Err(format!("{name} must be finite and >= 0, got {lr}"));
+            }
+        }
+        if self.network_config_unchecked()?.man_hidden.is_empty() {
+            return Err(
+                "training needs a meta-assistant network: man_hidden must not be empty".into(),
+            );
+        }
+        // Validation architectures matter only when there is something to validate on.
+        for name in self.val_archs.iter().filter(|_| !self.val.is_empty()) {
+            let space = self.network_config_unchecked()?.space;
+            crate::arch::preset(name, &space).map_err(|e| format!("val_archs: {e}"))?;
+        }
         let net = self.network_config_unchecked()?;
         net.validate()?;
         let divisor = net.input_divisor();

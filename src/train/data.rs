@@ -34,6 +34,21 @@ pub enum DataError {
     /// A volume could not be read.
     #[error(transparent)]
     Volume(#[from] volume::VolumeError),
+    /// Pre-processing refused the volume.
+    #[error("{0}")]
+    Prepare(String),
+    /// Image and label are placed differently in the world.
+    #[error(
+        "{label}: its voxel-to-world affine differs from that of {image} by up to {difference:.4} (mm); a label must share its image's grid"
+    )]
+    Affine {
+        /// The image.
+        image: String,
+        /// The label.
+        label: String,
+        /// Largest difference of an affine entry.
+        difference: f64,
+    },
     /// Image and label disagree.
     #[error("{label}: label grid {label_dims:?} does not match image {image} grid {image_dims:?}")]
     Grid {
@@ -104,12 +119,9 @@ fn prepare_label(label: &Volume, prepared: &Prepared, classes: &[ClassSpec]) -> 
         .collect()
 }
 
-/// Loads a pair onto the processing grid.
-pub fn load_sample(
-    pair: &Pair,
-    pre: &Preprocess,
-    classes: &[ClassSpec],
-) -> Result<Sample, DataError> {
+/// Reads a pair and checks that the label shares the image's grid: same size and the same
+/// voxel-to-world affine (within 1e-3).
+pub fn read_pair(pair: &Pair) -> Result<(Volume, Volume), DataError> {
     let image = volume::read_volume(&pair.image)?;
     let label = volume::read_volume(&pair.label)?;
     if image.dims != label.dims {
@@ -120,7 +132,31 @@ pub fn load_sample(
             label_dims: label.dims,
         });
     }
-    let prepared = prepare(&image, pre);
+    let difference = image
+        .world_from_voxel
+        .iter()
+        .flatten()
+        .zip(label.world_from_voxel.iter().flatten())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    if difference > 1e-3 {
+        return Err(DataError::Affine {
+            image: pair.image.display().to_string(),
+            label: pair.label.display().to_string(),
+            difference,
+        });
+    }
+    Ok((image, label))
+}
+
+/// Loads a pair onto the processing grid.
+pub fn load_sample(
+    pair: &Pair,
+    pre: &Preprocess,
+    classes: &[ClassSpec],
+) -> Result<Sample, DataError> {
+    let (image, label) = read_pair(pair)?;
+    let prepared = prepare(&image, pre).map_err(|e| DataError::Prepare(e.to_string()))?;
     let label = prepare_label(&label, &prepared, classes);
     let (mut foreground, mut background) = (Vec::new(), Vec::new());
     for (i, &l) in label.iter().enumerate() {
@@ -253,15 +289,18 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
 
+    /// The one foreground voxel, (3, 2, 1) of a 6 x 5 x 4 grid; its image value is its index.
+    const FG: usize = (3 * 5 + 2) * 4 + 1;
+
     fn sample() -> Sample {
         let dims = [6, 5, 4];
         let n = 120;
         let image: Vec<f32> = (0..n).map(|i| i as f32).collect();
         let mut label = vec![0u8; n];
-        label[(3 * 5 + 2) * 4 + 1] = 1;
+        label[FG] = 1;
         Sample {
-            foreground: vec![((3 * 5 + 2) * 4 + 1) as u32],
-            background: (0..n as u32).filter(|&i| i != 77).collect(),
+            foreground: vec![FG as u32],
+            background: (0..n as u32).filter(|&i| i != FG as u32).collect(),
             image,
             label,
             dims,
@@ -282,9 +321,9 @@ mod tests {
         for _ in 0..10 {
             let p = random_patch(&s, &options, &mut rng);
             assert_eq!(p.label.iter().filter(|&&l| l == 1).count(), 1);
-            // The image and label stay aligned: the labelled voxel carries value 77.
+            // The image and label stay aligned: the labelled voxel carries its own index.
             let at = p.label.iter().position(|&l| l == 1).unwrap();
-            assert_eq!(p.image[at], 77.0);
+            assert_eq!(p.image[at], FG as f32);
         }
     }
 
@@ -302,8 +341,8 @@ mod tests {
             let p = random_patch(&s, &options, &mut rng);
             assert_eq!(p.image.len(), 512);
             let at = p.label.iter().position(|&l| l == 1).unwrap();
-            assert_eq!(p.image[at], 77.0);
-            // 120 real voxels, the rest padding.
+            assert_eq!(p.image[at], FG as f32);
+            // 120 real voxels (one of them, voxel 0, has value 0), the rest padding.
             assert_eq!(p.image.iter().filter(|&&v| v != 0.0).count(), 119);
         }
     }

@@ -32,8 +32,7 @@ use crate::device;
 use crate::fsutil::write_atomic;
 use crate::inference::{self, Blend, WindowOptions};
 use crate::model::{Network, WeightMode};
-use crate::volume;
-use data::{Sample, class_indices, load_sample, random_patch};
+use data::{Sample, class_indices, load_sample, random_patch, read_pair};
 use loss::dice_ce;
 
 /// What a run trains.
@@ -236,6 +235,32 @@ pub fn train(
             }
         }
     };
+    let expected_total = match kind {
+        RunKind::Search => config.schedule.total(),
+        RunKind::Finetune { .. } => config.schedule.finetune_iters,
+    };
+    if state.total != expected_total {
+        return Err(TrainError::Input(format!(
+            "{}: the run was started for {} iterations but the configuration now asks for \
+             {expected_total}; a run's schedule cannot change (start a new run in another \
+             output_dir)",
+            last.display(),
+            state.total
+        )));
+    }
+    let own_classes: Vec<String> = std::iter::once("background".to_string())
+        .chain(config.classes.iter().map(|c| c.name.clone()))
+        .collect();
+    if ckpt_config.class_names != own_classes || ckpt_config.preprocess != config.preprocess {
+        return Err(TrainError::Input(format!(
+            "the checkpoint's classes ({}) or pre-processing ({:?}) differ from the \
+             configuration's ({}; {:?})",
+            ckpt_config.class_names.join(", "),
+            ckpt_config.preprocess,
+            own_classes.join(", "),
+            config.preprocess
+        )));
+    }
     let total = state.total;
     let start = state.iteration;
     let space = network.config.space.clone();
@@ -549,8 +574,7 @@ fn validate(
     };
     let mut volumes = Vec::new();
     for pair in config.val_pairs() {
-        let image = volume::read_volume(&pair.image).map_err(input_err)?;
-        let label = volume::read_volume(&pair.label).map_err(input_err)?;
+        let (image, label) = read_pair(&pair).map_err(input_err)?;
         volumes.push((image, class_indices(&label.data, &config.classes)));
     }
     let mut results = Vec::new();

@@ -37,7 +37,7 @@ pub use header::{DataType, HEADER_SIZE, MAX_VOXELS, datatype_name};
 pub use orientation::{Orientation, closest_ras};
 pub use read::{read_header, read_volume};
 pub use resample::{GridMap, Interp, SpacingMap, resample, resample_nearest, spacing_map};
-pub use write::{write_float_channels, write_label_map};
+pub use write::{check_output_path, write_float_channels, write_label_map};
 
 /// 4x4 affine, row-major, f64.
 pub type Affine = [[f64; 4]; 4];

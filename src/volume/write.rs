@@ -363,6 +363,23 @@ fn write_atomically(
     Ok(())
 }
 
+/// Checks, before any work is done, that `path` can take a NIfTI output: a `.nii` or
+/// `.nii.gz` name in a folder that exists.
+pub fn check_output_path(path: &Path) -> Result<(), VolumeError> {
+    output_is_gzip(path)?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !parent.is_dir() {
+        return Err(VolumeError::InvalidArgument {
+            path: path.to_path_buf(),
+            detail: format!("the folder {} does not exist", parent.display()),
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
