@@ -7,8 +7,10 @@
 //! architecture) is JSON under the metadata key `hypersegnas`, so a PyTorch user can open
 //! the file with the `safetensors` package and read everything.
 //!
-//! Loading maps the file into memory and copies each tensor once into the backend, so a
-//! paper-scale checkpoint (about 2.5 GB, mostly the MAN) never exists twice in memory.
+//! Loading parses the header from a memory map and reads each tensor with a positioned read
+//! straight into the network, so a paper-scale checkpoint (3.6 GB with two classes, mostly
+//! the MAN) is never held twice: peak memory is the network plus transient copies of the
+//! tensor being read.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -224,61 +226,69 @@ pub enum CheckpointError {
     },
 }
 
-/// The bytes of a safetensors file: memory-mapped from disk, or embedded in the binary.
+/// Where the bytes of a safetensors file live.
 enum Storage {
-    Mapped(memmap2::Mmap),
+    /// On disk: the header is parsed from a memory map, tensors are read with positioned
+    /// reads, so their pages never count against the process (see [`load`]).
+    Disk { map: memmap2::Mmap, file: File },
+    /// Embedded in the binary.
     Static(&'static [u8]),
 }
 
-impl std::ops::Deref for Storage {
-    type Target = [u8];
-
-    fn deref(&self) -> &[u8] {
+impl Storage {
+    fn bytes(&self) -> &[u8] {
         match self {
-            Storage::Mapped(map) => map,
+            Storage::Disk { map, .. } => map,
             Storage::Static(bytes) => bytes,
         }
     }
 }
 
-/// A memory-mapped (or embedded) safetensors file.
+/// A safetensors file (on disk or embedded) with its parsed header.
 pub struct SafetensorsFile {
     path: PathBuf,
-    map: Storage,
+    storage: Storage,
+    header_len: usize,
+    meta: safetensors::tensor::Metadata,
 }
 
 impl SafetensorsFile {
-    /// Maps `path` and checks its header.
+    /// Opens `path` and parses its header.
     pub fn open(path: &Path) -> Result<Self, CheckpointError> {
         let io = |source| CheckpointError::Io {
             path: path.to_path_buf(),
             source,
         };
         let file = File::open(path).map_err(io)?;
-        // SAFETY: the map is read-only; a file changed by another process while mapped
-        // would give wrong values, never memory unsafety in our use (we copy out of it).
+        // SAFETY: the map is read-only and only its header is read; a file changed by another
+        // process meanwhile gives a parse error or wrong values, never memory unsafety here.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
-        let this = Self {
-            path: path.to_path_buf(),
-            map: Storage::Mapped(map),
-        };
-        this.tensors()?;
-        Ok(this)
+        Self::parse(path.to_path_buf(), Storage::Disk { map, file })
     }
 
     /// Wraps bytes embedded in the binary; `name` stands in for the path in messages.
     pub fn from_static(name: &str, bytes: &'static [u8]) -> Result<Self, CheckpointError> {
-        let this = Self {
-            path: PathBuf::from(name),
-            map: Storage::Static(bytes),
-        };
-        this.tensors()?;
-        Ok(this)
+        Self::parse(PathBuf::from(name), Storage::Static(bytes))
     }
 
-    /// The parsed tensor table.
+    fn parse(path: PathBuf, storage: Storage) -> Result<Self, CheckpointError> {
+        let (header_len, meta) =
+            SafeTensors::read_metadata(storage.bytes()).map_err(|e| CheckpointError::Format {
+                path: path.clone(),
+                message: format!("not a safetensors file: {e}"),
+            })?;
+        Ok(Self {
+            path,
+            storage,
+            header_len,
+            meta,
+        })
+    }
+
+    /// The parsed tensor table (views into the file's bytes; reading a view's data pages
+    /// the file in).
     pub fn tensors(&self) -> Result<SafeTensors<'_>, CheckpointError> {
-        SafeTensors::deserialize(&self.map).map_err(|e| CheckpointError::Format {
+        SafeTensors::deserialize(self.storage.bytes()).map_err(|e| CheckpointError::Format {
             path: self.path.clone(),
             message: format!("not a safetensors file: {e}"),
         })
@@ -286,36 +296,36 @@ impl SafetensorsFile {
 
     /// The metadata strings of the header.
     pub fn metadata(&self) -> Result<HashMap<String, String>, CheckpointError> {
-        let (_, meta) =
-            SafeTensors::read_metadata(&self.map).map_err(|e| CheckpointError::Format {
-                path: self.path.clone(),
-                message: format!("not a safetensors file: {e}"),
-            })?;
-        Ok(meta.metadata().clone().unwrap_or_default())
+        Ok(self.meta.metadata().clone().unwrap_or_default())
     }
 
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
     }
-}
 
-/// A [`TensorSource`] over a parsed safetensors file.
-pub struct SafetensorsSource<'a> {
-    tensors: SafeTensors<'a>,
-}
-
-impl<'a> SafetensorsSource<'a> {
-    /// Wraps a parsed file.
-    pub fn new(tensors: SafeTensors<'a>) -> Self {
-        Self { tensors }
+    /// The raw bytes of tensor `key`, read from disk or copied from the embedded bytes.
+    fn raw(&self, key: &str) -> Option<(Dtype, Vec<u8>)> {
+        let info = self.meta.info(key)?;
+        let (begin, end) = info.data_offsets;
+        let start = 8 + self.header_len + begin;
+        let len = end - begin;
+        let bytes = match &self.storage {
+            Storage::Disk { file, .. } => {
+                use std::os::unix::fs::FileExt;
+                let mut buffer = vec![0u8; len];
+                file.read_exact_at(&mut buffer, start as u64).ok()?;
+                buffer
+            }
+            Storage::Static(bytes) => bytes.get(start..start + len)?.to_vec(),
+        };
+        Some((info.dtype, bytes))
     }
 }
 
-/// Converts a tensor view to f32 values.
-pub fn view_to_f32(view: &TensorView<'_>) -> Option<Vec<f32>> {
-    let data = view.data();
-    Some(match view.dtype() {
+/// Converts little-endian tensor bytes of `dtype` to f32 values.
+pub fn bytes_to_f32(dtype: Dtype, data: &[u8]) -> Option<Vec<f32>> {
+    Some(match dtype {
         Dtype::F32 => data
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -334,6 +344,11 @@ pub fn view_to_f32(view: &TensorView<'_>) -> Option<Vec<f32>> {
             .collect(),
         _ => return None,
     })
+}
+
+/// Converts a tensor view to f32 values.
+pub fn view_to_f32(view: &TensorView<'_>) -> Option<Vec<f32>> {
+    bytes_to_f32(view.dtype(), view.data())
 }
 
 /// IEEE half to single precision.
@@ -355,18 +370,18 @@ fn f16_to_f32(h: u16) -> f32 {
     f32::from_bits(bits)
 }
 
-impl TensorSource for SafetensorsSource<'_> {
+impl TensorSource for SafetensorsFile {
     fn shape(&self, key: &str) -> Option<Vec<usize>> {
-        self.tensors.tensor(key).ok().map(|v| v.shape().to_vec())
+        self.meta.info(key).map(|info| info.shape.clone())
     }
 
     fn values(&self, key: &str) -> Option<Cow<'_, [f32]>> {
-        let view = self.tensors.tensor(key).ok()?;
-        view_to_f32(&view).map(Cow::Owned)
+        let (dtype, bytes) = self.raw(key)?;
+        bytes_to_f32(dtype, &bytes).map(Cow::Owned)
     }
 
     fn keys(&self) -> Vec<String> {
-        self.tensors.names().into_iter().map(String::from).collect()
+        self.meta.offset_keys()
     }
 }
 
@@ -423,12 +438,11 @@ pub fn load_demo(device: &Device) -> Result<Checkpoint, CheckpointError> {
 pub fn load_file(file: &SafetensorsFile, device: &Device) -> Result<Checkpoint, CheckpointError> {
     let path = file.path();
     let config = config_of(file)?;
-    let source = SafetensorsSource::new(file.tensors()?);
-    let network = Network::from_source(&config.network, device, &source, &OpKeys::SuperNet, None)
+    let network = Network::from_source(&config.network, device, file, &OpKeys::SuperNet, None)
         .map_err(|source| CheckpointError::Model {
-        path: path.to_path_buf(),
-        source,
-    })?;
+            path: path.to_path_buf(),
+            source,
+        })?;
     Ok(Checkpoint { network, config })
 }
 
