@@ -265,3 +265,37 @@ fn segment_without_a_checkpoint_uses_the_bundled_demo() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("spleen"));
     check_same_grid(&mask, &ct);
 }
+
+#[test]
+fn evaluate_reports_dice_per_architecture_and_mode() {
+    let base = "ivadomed_data-testing/ct_scan";
+    let (Some(ct), Some(label)) = (
+        common::data_file(&format!("{base}/sub-spleen2/ct/sub-spleen2_ct.nii.gz")),
+        common::data_file(&format!(
+            "{base}/derivatives/labels/sub-spleen2/ct/sub-spleen2_ct_seg-manual.nii.gz"
+        )),
+    ) else {
+        return;
+    };
+    let out = run(bin()
+        .arg("evaluate")
+        .arg(&ct)
+        .arg("--label")
+        .arg(&label)
+        .args([
+            "--presets",
+            "unet",
+            "--modes",
+            "fixed,man",
+            "--device",
+            "cpu",
+        ]));
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("unet")).collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    for row in rows {
+        let dice: f64 = row.split_whitespace().last().unwrap().parse().unwrap();
+        assert!((0.0..=1.0).contains(&dice));
+    }
+}

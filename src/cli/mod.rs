@@ -1,5 +1,6 @@
 //! Command-line parsing, dispatch and error reporting.
 
+mod evaluate;
 mod info;
 mod segment;
 mod train;
@@ -72,6 +73,9 @@ enum Command {
     Init(InitArgs),
     /// Write a built-in architecture code as JSON (and print its grid).
     Arch(ArchArgs),
+    /// Segment a volume with several architectures and modes and report Dice against a
+    /// reference label map.
+    Evaluate(evaluate::EvaluateArgs),
     /// Train a super-net with Algorithm 1 (super-net training, then annealing).
     Train(train::TrainArgs),
     /// Fine-tune one architecture from a trained super-net.
@@ -157,6 +161,7 @@ pub fn run() -> ExitCode {
         Command::Info { file, verify } => info::run(&file, verify),
         Command::Init(args) => init(args),
         Command::Arch(args) => arch_command(args),
+        Command::Evaluate(args) => evaluate::run(args),
         Command::Train(args) => train::run_train(args),
         Command::Finetune(args) => train::run_finetune(args),
     };
