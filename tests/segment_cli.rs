@@ -299,3 +299,83 @@ fn evaluate_reports_dice_per_architecture_and_mode() {
         assert!((0.0..=1.0).contains(&dice));
     }
 }
+
+/// Regressions from a hostile-input pass: each of these once panicked, ran the whole
+/// inference before failing, or left a file behind.
+#[test]
+fn output_and_size_problems_are_refused_before_any_work() {
+    let Some(ct) = common::data_file("nibabel/nibabel/tests/data/anatomical.nii") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = demo_checkpoint(dir.path(), "6", "64");
+    let segment = |extra: &[&str]| {
+        let mut cmd = bin();
+        cmd.arg("segment").arg(&ct).arg("--checkpoint").arg(&ckpt);
+        cmd.args(["--device", "cpu"])
+            .args(extra)
+            .current_dir(dir.path());
+        run(&mut cmd)
+    };
+    for (args, needle) in [
+        (vec!["-o", "mask.txt"], "mask.txt"),
+        (vec!["-o", "no/such/folder/m.nii.gz"], "does not exist"),
+        (
+            vec!["-o", "same.nii.gz", "--probabilities", "same.nii.gz"],
+            "different files",
+        ),
+        (
+            vec!["-o", "m.nii.gz", "--roi", "100000"],
+            "larger than 1024",
+        ),
+        (
+            vec!["-o", "m.nii.gz", "--roi", "4294967296"],
+            "larger than 1024",
+        ),
+        (vec!["-o", "m.nii.gz", "--batch", "0"], "--batch"),
+    ] {
+        let out = segment(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n != "demo.safetensors")
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+
+    // An absurd target spacing is refused instead of allocating the grid.
+    let tiny = dir.path().join("tiny.safetensors");
+    let out = run(bin()
+        .args([
+            "init",
+            "--network",
+            "demo",
+            "--spacing",
+            "0.01",
+            "--roi",
+            "64",
+            "-o",
+        ])
+        .arg(&tiny));
+    assert!(out.status.success());
+    let out = run(bin()
+        .arg("segment")
+        .arg(&ct)
+        .arg("--checkpoint")
+        .arg(&tiny)
+        .args(["--device", "cpu", "-o"])
+        .arg(dir.path().join("m.nii.gz")));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("more than the limit"));
+
+    // init refuses to replace a file unless told to.
+    let out = run(bin()
+        .args(["init", "--network", "demo", "--roi", "64", "-o"])
+        .arg(&ckpt));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+}
