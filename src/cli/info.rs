@@ -116,7 +116,33 @@ fn checkpoint_info(path: &Path, verify: bool) -> CliResult {
         println!("MAN         none (plain DiNTS)");
     }
     println!("tensors     {} ({} parameters)", tensors.len(), n);
-    println!("preprocess  {:?}", config.preprocess);
+    let pre = &config.preprocess;
+    let spacing = pre.spacing.map_or("kept".to_string(), |s| {
+        format!("{} x {} x {} mm", s[0], s[1], s[2])
+    });
+    let intensity = match &pre.intensity {
+        checkpoint::Intensity::CtWindow { a_min, a_max, clip } => {
+            format!(
+                "CT window [{a_min}, {a_max}] HU{}",
+                if *clip { ", clipped" } else { "" }
+            )
+        }
+        checkpoint::Intensity::ZScore { nonzero } => {
+            format!(
+                "z-score{}",
+                if *nonzero {
+                    " over non-zero voxels"
+                } else {
+                    ""
+                }
+            )
+        }
+        checkpoint::Intensity::None => "none".to_string(),
+    };
+    println!(
+        "preprocess  {}, spacing {spacing}, {intensity}",
+        pre.orientation
+    );
     println!("roi         {:?}", config.roi);
     if let Some(arch) = config.default_arch() {
         match arch {
