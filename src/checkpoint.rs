@@ -23,7 +23,7 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView, View};
 use serde::{Deserialize, Serialize};
 
 use crate::arch::{ArchCode, ArchFile};
-use crate::model::weights::{Layout, transpose};
+use crate::model::weights::Layout;
 use crate::model::{ModelError, Network, NetworkConfig, OpKeys, TensorSource};
 
 /// The metadata key holding the configuration JSON.
@@ -446,13 +446,21 @@ pub fn load_file(file: &SafetensorsFile, device: &Device) -> Result<Checkpoint, 
     Ok(Checkpoint { network, config })
 }
 
-/// One tensor ready for writing.
-struct OwnedView {
+/// One parameter to write. Its bytes are produced only when the writer asks for them, one
+/// tensor at a time, so saving never holds a second copy of the whole network.
+struct LazyView {
+    /// Shape on disk.
     shape: Vec<usize>,
-    bytes: Vec<u8>,
+    /// The parameter, flattened (shares the parameter's storage).
+    tensor: Tensor<1>,
+    layout: Layout,
+    /// In-memory rows and columns (linear weights only).
+    matrix: (usize, usize),
+    /// Set when the values could not be read; the file is then discarded.
+    failed: std::cell::Cell<bool>,
 }
 
-impl View for &OwnedView {
+impl View for &LazyView {
     fn dtype(&self) -> Dtype {
         Dtype::F32
     }
@@ -462,19 +470,42 @@ impl View for &OwnedView {
     }
 
     fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self.bytes)
+        let values = match self
+            .tensor
+            .clone()
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+        {
+            Ok(values) => values,
+            Err(_) => {
+                self.failed.set(true);
+                vec![0.0; self.data_len() / 4]
+            }
+        };
+        // Little-endian bytes in disk order, written in one pass (a linear weight is
+        // transposed on the way), so only one extra copy of the tensor exists at a time.
+        let mut bytes = vec![0u8; values.len() * 4];
+        let (rows, cols) = self.matrix;
+        for (i, v) in values.iter().enumerate() {
+            let j = match self.layout {
+                Layout::Plain => i,
+                Layout::LinearWeight => (i % cols) * rows + i / cols,
+            };
+            bytes[4 * j..4 * j + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        Cow::Owned(bytes)
     }
 
     fn data_len(&self) -> usize {
-        self.bytes.len()
+        self.shape.iter().product::<usize>() * 4
     }
 }
 
-/// Collects every named parameter's values in checkpoint layout.
+/// Collects every named parameter of a network.
 struct Collector<'a> {
     names: &'a crate::model::ParamNames,
-    out: Vec<(String, OwnedView)>,
-    errors: Vec<String>,
+    out: Vec<(String, LazyView)>,
 }
 
 impl ModuleVisitor for Collector<'_> {
@@ -483,23 +514,22 @@ impl ModuleVisitor for Collector<'_> {
             return;
         };
         let tensor = param.val();
-        let shape = tensor.dims().to_vec();
-        let values: Vec<f32> = match tensor.into_data().convert::<f32>().try_to_vec::<f32>() {
-            Ok(values) => values,
-            Err(e) => {
-                self.errors.push(format!("{key}: {e:?}"));
-                return;
-            }
+        let dims = tensor.dims();
+        let count = dims.iter().product::<usize>();
+        let (shape, matrix) = match layout {
+            Layout::Plain => (dims.to_vec(), (0, 0)),
+            Layout::LinearWeight => (vec![dims[1], dims[0]], (dims[0], dims[1])),
         };
-        let (shape, values) = match layout {
-            Layout::Plain => (shape, values),
-            Layout::LinearWeight => {
-                let (rows, cols) = (shape[0], shape[1]);
-                (vec![cols, rows], transpose(&values, rows, cols))
-            }
-        };
-        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.out.push((key.clone(), OwnedView { shape, bytes }));
+        self.out.push((
+            key.clone(),
+            LazyView {
+                shape,
+                tensor: tensor.reshape([count]),
+                layout: *layout,
+                matrix,
+                failed: std::cell::Cell::new(false),
+            },
+        ));
     }
 }
 
@@ -522,15 +552,8 @@ pub fn save(
     let mut collector = Collector {
         names: &network.names,
         out: Vec::new(),
-        errors: Vec::new(),
     };
     network.model.visit(&mut collector);
-    if !collector.errors.is_empty() {
-        return Err(format_error(format!(
-            "could not read tensors: {}",
-            collector.errors.join(", ")
-        )));
-    }
     if collector.out.len() != network.names.len() {
         return Err(format_error(format!(
             "collected {} of {} named tensors",
@@ -549,5 +572,17 @@ pub fn save(
     let views = collector.out.iter().map(|(k, v)| (k.as_str(), v));
     safetensors::tensor::serialize_to_file(views, Some(metadata), temp.path())
         .map_err(|e| format_error(format!("writing failed: {e}")))?;
+    let failed: Vec<&str> = collector
+        .out
+        .iter()
+        .filter(|(_, v)| v.failed.get())
+        .map(|(k, _)| k.as_str())
+        .collect();
+    if !failed.is_empty() {
+        return Err(format_error(format!(
+            "could not read the values of {}",
+            failed.join(", ")
+        )));
+    }
     temp.commit().map_err(io)
 }
