@@ -35,6 +35,10 @@ pub struct Prepared {
     pub scale: [f64; 3],
     /// See `scale`.
     pub offset: [f64; 3],
+    /// The inverse: processing-grid position = back_scale * RAS index + back_offset.
+    pub back_scale: [f64; 3],
+    /// See `back_scale`.
+    pub back_offset: [f64; 3],
 }
 
 /// Reorders x-fastest data (NIfTI order) into z-fastest (network order), or back.
@@ -156,6 +160,8 @@ pub fn prepare(volume: &Volume, pre: &Preprocess) -> Result<Prepared, WindowErro
         ras_dims: ras.dims,
         scale: map.scale,
         offset: map.offset,
+        back_scale: map.inverse_scale,
+        back_offset: map.inverse_offset,
     })
 }
 
@@ -231,9 +237,6 @@ pub fn restore(
 ) -> Segmentation {
     let len = prepared.dims.iter().product::<usize>();
     let ras_len = prepared.ras_dims.iter().product::<usize>();
-    // Inverse of "processing index i samples RAS position scale * i + offset".
-    let back_scale = prepared.scale.map(|s| 1.0 / s);
-    let back_offset: [f64; 3] = std::array::from_fn(|a| -prepared.offset[a] / prepared.scale[a]);
     let mut ras_probs = Vec::with_capacity(classes * ras_len);
     for k in 0..classes {
         let channel = z_fastest_to_x_fastest(&probs[k * len..(k + 1) * len], prepared.dims);
@@ -241,8 +244,8 @@ pub fn restore(
             &channel,
             prepared.dims,
             prepared.ras_dims,
-            back_scale,
-            back_offset,
+            prepared.back_scale,
+            prepared.back_offset,
             Interp::Linear,
         ));
     }

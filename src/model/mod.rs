@@ -163,11 +163,6 @@ impl Network {
         }
     }
 
-    /// Replaces the module tree (for example after an optimiser step), keeping the names.
-    pub fn with_model(self, model: HyperSegNas) -> Self {
-        Self { model, ..self }
-    }
-
     /// Transforms the module tree (an optimiser step, `train()`), keeping the names.
     pub fn map_model(self, f: impl FnOnce(HyperSegNas) -> HyperSegNas) -> Self {
         let Self {
@@ -182,6 +177,11 @@ impl Network {
             config,
             offsets,
         }
+    }
+
+    /// An inference copy (no autodiff) sharing the parameters' values.
+    pub fn valid(&self) -> Network {
+        self.clone_with(self.model.valid())
     }
 
     /// A network with another module tree of the same structure and the same names.

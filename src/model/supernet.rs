@@ -217,14 +217,6 @@ pub enum ForwardError {
         /// Op.
         op: Op,
     },
-    /// Channel weights of the wrong size.
-    #[error("channel weights have {found} entries per sample, expected {expected}")]
-    ChannelWeights {
-        /// Expected length.
-        expected: usize,
-        /// Found length.
-        found: usize,
-    },
     /// The architecture is not valid.
     #[error(transparent)]
     Arch(#[from] crate::arch::ArchError),

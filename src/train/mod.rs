@@ -736,10 +736,3 @@ impl Logs {
         }
     }
 }
-
-impl Network {
-    /// An inference copy (no autodiff) sharing the parameters' values.
-    pub fn valid(&self) -> Network {
-        self.clone_with(self.model.valid())
-    }
-}
