@@ -11,9 +11,9 @@
 //! - [`inference`]: pre-processing, sliding-window prediction, mapping results back.
 //! - [`train`]: Algorithm 1 (super-net training, annealing) and fine-tuning.
 //! - [`device`]: choosing between the wgpu and CPU backends.
-//!
-//! Nothing here depends on a GUI.
+//! - [`app`]: the desktop explorer (eframe/egui); nothing else depends on it.
 
+pub mod app;
 pub mod arch;
 pub mod checkpoint;
 pub mod device;

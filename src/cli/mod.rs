@@ -53,11 +53,13 @@ struct Cli {
     #[arg(long, global = true, default_value = "info")]
     log: String,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Open the explorer window (the default when no command is given).
+    Gui(GuiArgs),
     /// Segment a volume with a checkpoint and an architecture.
     Segment(segment::SegmentArgs),
     /// Summarise a volume, checkpoint or architecture file.
@@ -80,6 +82,83 @@ enum Command {
     Train(train::TrainArgs),
     /// Fine-tune one architecture from a trained super-net.
     Finetune(train::FinetuneArgs),
+}
+
+#[derive(clap::Args, Default)]
+struct GuiArgs {
+    /// A CT or MR volume to open (.nii, .nii.gz, .hdr/.img).
+    volume: Option<PathBuf>,
+    /// A native checkpoint (.safetensors); the bundled demo super-net when omitted.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// A ground-truth label map on the volume's grid.
+    #[arg(long)]
+    label: Option<PathBuf>,
+    /// After loading, the first inference and the Figure 7 patches, write one frame of the
+    /// window to this PNG and exit.
+    #[arg(long)]
+    screenshot: Option<PathBuf>,
+    /// Inference device (the window itself always draws with wgpu).
+    #[arg(long, value_enum)]
+    device: Option<DeviceChoice>,
+    /// Window size in points, WIDTHxHEIGHT.
+    #[arg(long, value_parser = parse_size)]
+    window_size: Option<[f32; 2]>,
+}
+
+fn parse_size(text: &str) -> Result<[f32; 2], String> {
+    let (w, h) = text
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("'{text}' is not WIDTHxHEIGHT"))?;
+    let parse = |s: &str| {
+        s.trim()
+            .parse::<f32>()
+            .ok()
+            .filter(|v| (200.0..=10000.0).contains(v))
+            .ok_or_else(|| format!("'{s}' is not a size between 200 and 10000"))
+    };
+    Ok([parse(w)?, parse(h)?])
+}
+
+fn gui(args: GuiArgs) -> CliResult {
+    if let Some(path) = &args.screenshot {
+        let name = path.to_string_lossy().to_ascii_lowercase();
+        if !name.ends_with(".png") {
+            return Err(Failure::Input(format!(
+                "{}: screenshots are written as .png",
+                path.display()
+            )));
+        }
+        for input in [&args.volume, &args.label, &args.checkpoint]
+            .into_iter()
+            .flatten()
+        {
+            if hypersegnas::fsutil::same_file(input, path) {
+                return Err(Failure::Input(format!(
+                    "{}: is an input; choose another screenshot path",
+                    path.display()
+                )));
+            }
+        }
+    }
+    let start = hypersegnas::app::StartOptions {
+        volume: args.volume,
+        label: args.label,
+        checkpoint: args.checkpoint,
+        screenshot: args.screenshot,
+        device: args.device,
+        window_size: args.window_size,
+    };
+    match hypersegnas::app::run_native(start) {
+        Ok(0) => Ok(()),
+        Ok(2) => Err(Failure::Input(
+            "a file given on the command line could not be loaded (see the messages above)".into(),
+        )),
+        Ok(_) => Err(Failure::Internal(
+            "the screenshot could not be written".into(),
+        )),
+        Err(e) => Err(Failure::Internal(e)),
+    }
 }
 
 #[derive(clap::Args)]
@@ -156,7 +235,8 @@ pub fn run() -> ExitCode {
         .without_time()
         .init();
 
-    let result = match cli.command {
+    let result = match cli.command.unwrap_or(Command::Gui(GuiArgs::default())) {
+        Command::Gui(args) => gui(args),
         Command::Segment(args) => segment::run(args),
         Command::Info { file, verify } => info::run(&file, verify),
         Command::Init(args) => init(args),

@@ -8,7 +8,7 @@
 pub mod config;
 pub mod data;
 pub mod loss;
-mod plot;
+pub(crate) mod plot;
 pub mod schedule;
 
 pub use config::{NetworkSpec, TrainConfig};

@@ -11,7 +11,7 @@ use crate::fsutil::AtomicFile;
 /// DejaVu Sans (its licence is beside it in `assets/fonts`), so plots need no system fonts.
 static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 
-fn register_font() {
+pub(crate) fn register_font() {
     use std::sync::Once;
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
