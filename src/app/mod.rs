@@ -572,13 +572,20 @@ impl ExplorerApp {
             return;
         };
         let n = self.fig7.per_group;
+        // Foreground means the checkpoint's classes: a multi-organ label map (TotalSegmentator's
+        // 117 labels, say) counts only the labels the network predicts (1 .. classes - 1).
+        let classes = self
+            .model
+            .as_ref()
+            .map_or(u16::MAX as usize, |m| m.config.network.num_classes);
+        let fg_max = (classes.saturating_sub(1)).clamp(1, u16::MAX as usize) as u16;
         let (lo, _) = v.percentiles;
         let inside_body = lo + 0.15 * (v.percentiles.1 - lo);
         let step = (labels.len() / 400_000).max(1);
         let mut fg = Vec::new();
         let mut bg = Vec::new();
         for i in (0..labels.len()).step_by(step) {
-            if labels[i] != 0 {
+            if labels[i] != 0 && labels[i] <= fg_max {
                 fg.push(i);
             } else if v.ras.data[i] > inside_body {
                 bg.push(i);
@@ -1585,6 +1592,19 @@ impl ExplorerApp {
             .model
             .as_ref()
             .map_or(Vec::new(), |m| m.config.class_names.clone());
+        let truth_names = self
+            .truth
+            .as_ref()
+            .map(|t| t.names.clone())
+            .unwrap_or_default();
+        // Prediction classes take the checkpoint's names; other labels the label file's.
+        let class_name = |k: usize| -> String {
+            names
+                .get(k)
+                .cloned()
+                .or_else(|| truth_names.get(&(k as u16)).cloned())
+                .unwrap_or_else(|| format!("label {k}"))
+        };
         let max_label = self
             .truth
             .as_ref()
@@ -1592,10 +1612,7 @@ impl ExplorerApp {
             .max(names.len().saturating_sub(1));
         ui.horizontal_wrapped(|ui| {
             for k in 1..=max_label.min(render::SHADER_CLASSES - 1) {
-                let name = names
-                    .get(k)
-                    .cloned()
-                    .unwrap_or_else(|| format!("label {k}"));
+                let name = class_name(k);
                 let c = view::class_color(k);
                 ui.checkbox(&mut d.class_visible[k], RichText::new(name).color(c));
             }
@@ -1611,11 +1628,12 @@ impl ExplorerApp {
                 &v.ras.world_from_voxel,
                 [p[0] as f64, p[1] as f64, p[2] as f64],
             );
-            let label_name = |l: u16| {
-                names
-                    .get(l as usize)
+            let label_name = |l: u16| class_name(l as usize);
+            let truth_name = |l: u16| {
+                truth_names
+                    .get(&l)
                     .cloned()
-                    .unwrap_or_else(|| format!("label {l}"))
+                    .unwrap_or_else(|| class_name(l as usize))
             };
             ui.label(format!("voxel (RAS) {} {} {}", p[0], p[1], p[2]));
             ui.label(format!("world {:.1} {:.1} {:.1} mm", w[0], w[1], w[2]));
@@ -1624,7 +1642,7 @@ impl ExplorerApp {
                 ui.label(format!("predicted: {}", label_name(pred[i])));
             }
             if let Some(t) = &self.truth {
-                ui.label(format!("truth: {}", label_name(t.labels[i])));
+                ui.label(format!("truth: {}", truth_name(t.labels[i])));
             }
         }
     }

@@ -46,6 +46,9 @@ pub struct LoadedLabel {
     pub labels: Arc<Vec<u16>>,
     /// Largest label value present.
     pub max_label: u16,
+    /// Names by label value, from the file's label table (a Caret XML `LabelTable` header
+    /// extension, as TotalSegmentator writes), when it has one.
+    pub names: std::collections::BTreeMap<u16, String>,
 }
 
 /// What the model thread knows about the loaded checkpoint.
@@ -368,7 +371,66 @@ fn read_label(path: &std::path::Path, image: &RasVolume) -> Result<LoadedLabel, 
         path: path.to_path_buf(),
         labels: Arc::new(labels),
         max_label,
+        names: label_table(path, &label.header),
     })
+}
+
+/// Label names from a NIfTI header extension holding a Caret XML `LabelTable`
+/// (`<Label Key="1" ...><![CDATA[spleen]]></Label>`). Empty when there is none or it cannot
+/// be read; names are a convenience, never a reason to refuse the file.
+pub fn label_table(
+    path: &std::path::Path,
+    header: &nifti::NiftiHeader,
+) -> std::collections::BTreeMap<u16, String> {
+    use std::io::Read;
+    let names = std::collections::BTreeMap::new();
+    let end = header.vox_offset as usize;
+    if !(353..=16 << 20).contains(&end) {
+        return names;
+    }
+    let Ok(file) = std::fs::File::open(path) else {
+        return names;
+    };
+    let gz = path.to_string_lossy().to_ascii_lowercase().ends_with(".gz");
+    let mut bytes = Vec::with_capacity(end);
+    let reader: Box<dyn Read> = if gz {
+        Box::new(flate2::read::GzDecoder::new(file))
+    } else {
+        Box::new(file)
+    };
+    if reader.take(end as u64).read_to_end(&mut bytes).is_err() || bytes.len() < end {
+        return names;
+    }
+    parse_label_table(&String::from_utf8_lossy(&bytes[352..]))
+}
+
+/// The `Key` -> name pairs of a Caret XML label table.
+pub fn parse_label_table(xml: &str) -> std::collections::BTreeMap<u16, String> {
+    let mut names = std::collections::BTreeMap::new();
+    for part in xml.split("<Label ").skip(1) {
+        let Some(key) = part
+            .split_once("Key=\"")
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .and_then(|(k, _)| k.trim().parse::<u16>().ok())
+        else {
+            continue;
+        };
+        let Some((_, body)) = part.split_once('>') else {
+            continue;
+        };
+        let Some((text, _)) = body.split_once("</Label>") else {
+            continue;
+        };
+        let text = text
+            .trim()
+            .trim_start_matches("<![CDATA[")
+            .trim_end_matches("]]>")
+            .trim();
+        if !text.is_empty() && text.len() < 200 {
+            names.insert(key, text.to_string());
+        }
+    }
+    names
 }
 
 struct Model {
@@ -746,6 +808,19 @@ fn fit_patch(data: &[f32], dims: [usize; 3], roi: [usize; 3]) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn caret_label_tables_give_names() {
+        let xml = r#"<LabelTable>
+<Label Key="1" Red="0.0" Green="1.0" Blue="0.0" Alpha="1"><![CDATA[spleen]]></Label>
+<Label Key="5" Red="0.0">liver</Label>
+<Label Key="x">bad key</Label>
+</LabelTable>"#;
+        let names = parse_label_table(xml);
+        assert_eq!(names.len(), 2);
+        assert_eq!(names[&1], "spleen");
+        assert_eq!(names[&5], "liver");
+    }
 
     #[test]
     fn fit_patch_centres_and_pads() {
