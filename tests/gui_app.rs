@@ -215,3 +215,42 @@ fn figure7_plots_one_line_per_patch() {
     assert_eq!(h.state().plotted_lines(), 7);
     h.get_by_label("Figure 7 plot: 7 lines");
 }
+
+#[test]
+fn a_result_for_a_replaced_volume_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (image, _) = write_phantom(dir.path());
+    // A second volume with another grid.
+    let dims = [40, 30, 20];
+    let affine = [
+        [2.0, 0.0, 0.0, 0.0],
+        [0.0, 2.0, 0.0, 0.0],
+        [0.0, 0.0, 3.0, 0.0],
+        [0.0, 0.0, 0.0, 1.0],
+    ];
+    let other = Volume::from_array(vec![10.0; 40 * 30 * 20], dims, affine);
+    let other_path = dir.path().join("other.nii");
+    volume::write_float_channels(&other_path, &other.data, 1, &other).unwrap();
+
+    let mut h = harness(StartOptions {
+        volume: Some(image),
+        device: Some(DeviceChoice::Cpu),
+        ..Default::default()
+    });
+    // Wait until the first inference is under way, then open the other volume.
+    wait_for(&mut h, "the first run", |app| {
+        app.busy() && app.volume_dims().is_some()
+    });
+    h.state_mut().open_any(other_path);
+    wait_for(&mut h, "the second volume", |app| {
+        app.volume_dims() == Some(dims) && !app.busy()
+    });
+    h.run_steps(5);
+    if let Some(p) = h.state().prediction() {
+        assert_eq!(
+            p.len(),
+            40 * 30 * 20,
+            "a prediction belongs to the volume on screen"
+        );
+    }
+}

@@ -344,6 +344,11 @@ impl ExplorerApp {
         self.volume.as_ref().map(|v| v.ras.dims)
     }
 
+    /// The current prediction on the RAS grid, if any.
+    pub fn prediction(&self) -> Option<&[u16]> {
+        self.prediction.as_deref().map(|p| p.as_slice())
+    }
+
     /// Sets the crosshair (RAS voxel), for scripted use and tests.
     pub fn set_crosshair(&mut self, voxel: [usize; 3]) {
         if let (Some(view), Some(v)) = (self.view.as_mut(), self.volume.as_ref()) {
@@ -681,12 +686,27 @@ impl ExplorerApp {
                                 self.run(false);
                             }
                         }
-                        Err(e) => self.fail_load(e),
+                        Err(e) => {
+                            // A start-up label map has nothing to attach to now.
+                            if self.start.label.take().is_some() {
+                                self.awaiting.retain(|k| *k != RecentKind::Label);
+                            }
+                            self.fail_load(e);
+                        }
                     }
                 }
                 Reply::Label(result) => {
                     self.awaiting.retain(|k| *k != RecentKind::Label);
                     match result {
+                        Ok(l) if !self.is_current(&l.image) => {
+                            self.notify(
+                                Level::Warn,
+                                format!(
+                                    "{}: ignored, another volume was opened meanwhile",
+                                    l.path.display()
+                                ),
+                            );
+                        }
                         Ok(l) => {
                             self.notify(
                                 Level::Info,
@@ -742,6 +762,12 @@ impl ExplorerApp {
                         Err(e) => self.fail_load(e),
                     }
                 }
+                Reply::Segmented(Ok(out)) if !self.is_current(&out.ras) => {
+                    self.notify(
+                        Level::Info,
+                        "dropped a result computed for the previous volume".into(),
+                    );
+                }
                 Reply::Segmented(result) => match result {
                     Ok(out) => {
                         self.previous = self.prediction.take();
@@ -792,7 +818,8 @@ impl ExplorerApp {
                         }
                     }
                 },
-                Reply::Weights(result) => match result {
+                Reply::Weights(ras, _) if !self.is_current(&ras) => {}
+                Reply::Weights(_, result) => match result {
                     Ok((arch, weights)) => {
                         self.fig7.results = weights;
                         self.fig7.results_arch = Some(arch);
@@ -816,6 +843,12 @@ impl ExplorerApp {
                             note.trim_start_matches("inference device: ").to_string();
                     }
                 }
+                Reply::Failed(e) => {
+                    self.notify(Level::Error, e);
+                    if matches!(self.startup, Startup::Segmenting | Startup::Weights) {
+                        self.startup = Startup::Settling(0);
+                    }
+                }
                 Reply::Saved(result) => match result {
                     Ok(msg) => self.notify(Level::Info, msg),
                     Err(e) => self.notify(Level::Error, e),
@@ -823,6 +856,13 @@ impl ExplorerApp {
             }
         }
         self.advance_startup(ctx);
+    }
+
+    /// Whether `ras` is the volume on screen (results for a replaced volume are dropped).
+    fn is_current(&self, ras: &Arc<crate::volume::RasVolume>) -> bool {
+        self.volume
+            .as_ref()
+            .is_some_and(|v| Arc::ptr_eq(&v.ras, ras))
     }
 
     fn fail_load(&mut self, e: String) {

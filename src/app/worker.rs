@@ -43,6 +43,8 @@ pub struct LoadedVolume {
 /// A label map on the RAS grid of a loaded volume.
 pub struct LoadedLabel {
     pub path: PathBuf,
+    /// The image it was checked against.
+    pub image: Arc<RasVolume>,
     pub labels: Arc<Vec<u16>>,
     /// Largest label value present.
     pub max_label: u16,
@@ -72,6 +74,8 @@ pub enum Region {
 
 /// A finished segmentation, on the RAS grid.
 pub struct SegmentOutcome {
+    /// The volume this was computed for (replies for a volume since replaced are dropped).
+    pub ras: Arc<RasVolume>,
     /// The full label map: the new prediction inside `region`, the previous one outside.
     pub labels: Vec<u16>,
     /// Voxels inside `region` whose label changed against the previous prediction.
@@ -138,9 +142,15 @@ pub enum Reply {
     Label(Result<LoadedLabel, String>),
     Checkpoint(Result<ModelInfo, String>),
     Segmented(Result<SegmentOutcome, String>),
-    Weights(Result<(ArchCode, Vec<PatchWeights>), String>),
+    /// Channel weights, for the volume given.
+    Weights(
+        Arc<RasVolume>,
+        Result<(ArchCode, Vec<PatchWeights>), String>,
+    ),
     /// The device the model thread chose, or why it fell back.
     DeviceNote(String),
+    /// A model-thread request that failed unexpectedly (an internal error, not bad input).
+    Failed(String),
     /// A file written (the message) or why writing failed.
     Saved(Result<String, String>),
 }
@@ -249,7 +259,7 @@ impl Worker {
         let replies = self.reply_sender.clone();
         let waker = self.waker.clone();
         std::thread::spawn(move || {
-            let _ = replies.send(Reply::Label(read_label(&path, &image)));
+            let _ = replies.send(Reply::Label(read_label(&path, image)));
             waker();
         });
     }
@@ -281,7 +291,7 @@ impl Worker {
         for r in &replies {
             if matches!(
                 r,
-                Reply::Checkpoint(_) | Reply::Segmented(_) | Reply::Weights(_)
+                Reply::Checkpoint(_) | Reply::Segmented(_) | Reply::Weights(..) | Reply::Failed(_)
             ) {
                 self.pending = self.pending.saturating_sub(1);
             }
@@ -333,7 +343,7 @@ pub fn intensity_stats(data: &[f32]) -> ((f32, f32), (f32, f32)) {
     ((at(0.005), at(0.995)), (min, max))
 }
 
-fn read_label(path: &std::path::Path, image: &RasVolume) -> Result<LoadedLabel, String> {
+fn read_label(path: &std::path::Path, image: Arc<RasVolume>) -> Result<LoadedLabel, String> {
     let label = volume::read_volume(path).map_err(|e| e.to_string())?;
     let (ras, _) = label.to_ras();
     if ras.dims != image.dims {
@@ -368,6 +378,7 @@ fn read_label(path: &std::path::Path, image: &RasVolume) -> Result<LoadedLabel, 
         labels.push(l);
     }
     Ok(LoadedLabel {
+        image,
         path: path.to_path_buf(),
         labels: Arc::new(labels),
         max_label,
@@ -469,7 +480,7 @@ fn model_thread(
                 .cloned()
                 .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown panic".into());
-            Reply::DeviceNote(format!("internal error in the model thread: {message}"))
+            Reply::Failed(format!("internal error in the model thread: {message}"))
         });
         if let Ok(mut task) = shared.task.lock() {
             *task = None;
@@ -552,13 +563,14 @@ fn serve(
                 previous,
                 truth,
             };
-            Reply::Segmented(run_segment(m, device, &ras, job, shared))
+            Reply::Segmented(run_segment(m, device, ras, job, shared))
         }
         Request::ChannelWeights { ras, arch, patches } => {
             let Some(m) = model.as_ref() else {
-                return Reply::Weights(Err("no checkpoint is loaded".into()));
+                return Reply::Weights(ras, Err("no checkpoint is loaded".into()));
             };
-            Reply::Weights(run_weights(m, device, &ras, &arch, &patches, shared).map(|w| (arch, w)))
+            let result = run_weights(m, device, &ras, &arch, &patches, shared).map(|w| (arch, w));
+            Reply::Weights(ras, result)
         }
     }
 }
@@ -615,7 +627,7 @@ struct SegmentJob {
 fn run_segment(
     m: &Model,
     device: &burn::tensor::Device,
-    ras: &RasVolume,
+    ras: Arc<RasVolume>,
     job: SegmentJob,
     shared: &Shared,
 ) -> Result<SegmentOutcome, String> {
@@ -630,9 +642,9 @@ fn run_segment(
     let started = Instant::now();
     let (start, size) = match region {
         Region::Whole => ([0; 3], ras.dims),
-        Region::Roi(center) => roi_box(ras, &m.config, center),
+        Region::Roi(center) => roi_box(&ras, &m.config, center),
     };
-    let volume = crop(ras, start, size);
+    let volume = crop(&ras, start, size);
     let what = match region {
         Region::Whole => "segmenting the volume",
         Region::Roi(_) => "segmenting the ROI",
@@ -718,6 +730,7 @@ fn run_segment(
             .collect()
     });
     Ok(SegmentOutcome {
+        ras,
         labels,
         changed: previous.as_ref().map(|_| changed),
         dice,
