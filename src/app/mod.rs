@@ -1083,17 +1083,27 @@ impl ExplorerApp {
             .save_labels(path, pred.clone(), v.template.clone(), v.orientation);
     }
 
-    fn dialog_export_arch(&mut self) {
+    fn dialog_export_arch(&mut self, monai: bool) {
         let Some(editor) = &self.editor else {
             return;
         };
         let code = editor.code().clone();
+        let (name, ext) = if monai {
+            ("arch_code.pth", "pth")
+        } else {
+            ("arch.json", "json")
+        };
         if let Some(path) = rfd::FileDialog::new()
-            .set_file_name("arch.json")
-            .add_filter("JSON", &["json"])
+            .set_file_name(name)
+            .add_filter(ext, &[ext])
             .save_file()
         {
-            match arch::write_arch_json(&path, &code) {
+            let result = if monai {
+                arch::write_monai_arch(&path, &code)
+            } else {
+                arch::write_arch_json(&path, &code)
+            };
+            match result {
                 Ok(()) => self.notify(Level::Info, format!("wrote {}", path.display())),
                 Err(e) => self.notify(Level::Error, e.to_string()),
             }
@@ -1196,7 +1206,17 @@ impl ExplorerApp {
                     .clicked()
                 {
                     ui.close();
-                    self.dialog_export_arch();
+                    self.dialog_export_arch(false);
+                }
+                if ui
+                    .add_enabled(
+                        self.editor.is_some(),
+                        egui::Button::new("Export architecture (MONAI .pth)…"),
+                    )
+                    .clicked()
+                {
+                    ui.close();
+                    self.dialog_export_arch(true);
                 }
                 ui.separator();
                 if ui.button("Quit").clicked() {

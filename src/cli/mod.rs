@@ -192,8 +192,11 @@ struct InitArgs {
 #[derive(clap::Args)]
 struct ArchArgs {
     /// Preset: all-conv, dints-paper, unet, random-SEED.
+    #[arg(long, required_unless_present = "from", conflicts_with = "from")]
+    preset: Option<String>,
+    /// Convert this architecture file (our JSON) instead of a preset.
     #[arg(long)]
-    preset: String,
+    from: Option<PathBuf>,
     /// Search space: `hypersegnas` (skip, conv) or `dints` (five ops).
     #[arg(long, default_value = "hypersegnas")]
     space: String,
@@ -203,7 +206,9 @@ struct ArchArgs {
     /// Resolution levels.
     #[arg(long, default_value_t = 4)]
     depths: usize,
-    /// Output JSON file; without it the grid is only printed.
+    /// Output file: `.json` (ours) or `.pth` (MONAI's architecture file: numpy arrays in a
+    /// torch zip, for `torch.load(..., weights_only=False)`). Without it the grid is only
+    /// printed.
     #[arg(long, short)]
     output: Option<PathBuf>,
 }
@@ -335,10 +340,34 @@ fn arch_command(args: ArchArgs) -> CliResult {
             )));
         }
     };
-    let code: ArchCode = input(arch::preset(&args.preset, &space))?;
+    let code: ArchCode = match (&args.from, &args.preset) {
+        (Some(file), _) => input(arch::read_arch_json(file))?,
+        (None, Some(name)) => input(arch::preset(name, &space))?,
+        (None, None) => return Err(Failure::Input("give --preset or --from".into())),
+    };
     print!("{}", code.to_grid_string());
     if let Some(path) = args.output {
-        input(arch::write_arch_json(&path, &code))?;
+        if args
+            .from
+            .as_ref()
+            .is_some_and(|from| hypersegnas::fsutil::same_file(from, &path))
+        {
+            return Err(Failure::Input(format!(
+                "{}: is the input; choose another output",
+                path.display()
+            )));
+        }
+        let name = path.to_string_lossy().to_ascii_lowercase();
+        if name.ends_with(".pth") || name.ends_with(".pt") {
+            input(arch::write_monai_arch(&path, &code))?;
+        } else if name.ends_with(".json") {
+            input(arch::write_arch_json(&path, &code))?;
+        } else {
+            return Err(Failure::Input(format!(
+                "{}: write .json (ours) or .pth (MONAI's architecture file)",
+                path.display()
+            )));
+        }
         println!("wrote {}", path.display());
     }
     Ok(())
