@@ -1434,9 +1434,20 @@ impl ExplorerApp {
                 run.elapsed.as_secs_f64()
             ));
             if let Some(c) = run.changed {
-                ui.label(format!(
-                    "{c} voxels changed against the previous prediction (see Diff overlay)"
-                ));
+                ui.horizontal(|ui| {
+                    ui.label(format!(
+                        "{c} voxels changed against the previous prediction"
+                    ));
+                    let diff = self.settings.display.overlay == OverlaySource::DiffPrevious;
+                    let text = if diff { "Show mask" } else { "Show changes" };
+                    if ui.small_button(text).clicked() {
+                        self.settings.display.overlay = if diff {
+                            OverlaySource::Prediction
+                        } else {
+                            OverlaySource::DiffPrevious
+                        };
+                    }
+                });
             }
             if let Some(dice) = &run.dice {
                 let names = &model.config.class_names;
