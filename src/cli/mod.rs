@@ -1,6 +1,7 @@
 //! Command-line parsing, dispatch and error reporting.
 
 mod evaluate;
+mod forward;
 mod info;
 mod segment;
 mod train;
@@ -60,6 +61,8 @@ struct Cli {
 enum Command {
     /// Segment a volume with a checkpoint and an architecture.
     Segment(segment::SegmentArgs),
+    /// One forward pass on a raw .npy patch (ours or a MONAI DiNTS checkpoint), logits out.
+    Forward(forward::ForwardArgs),
     /// Summarise a volume, checkpoint or architecture file.
     Info {
         /// The file.
@@ -158,6 +161,7 @@ pub fn run() -> ExitCode {
 
     let result = match cli.command {
         Command::Segment(args) => segment::run(args),
+        Command::Forward(args) => forward::run(args),
         Command::Info { file, verify } => info::run(&file, verify),
         Command::Init(args) => init(args),
         Command::Arch(args) => arch_command(args),
