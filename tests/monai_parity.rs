@@ -371,3 +371,97 @@ fn forward_cli_refuses_bad_patches_with_exit_code_2() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("refusing to overwrite"));
 }
+
+#[test]
+fn pancreas_pipeline_matches_monai_transforms_and_sliding_window() {
+    // MONAI's label map for a crop of a real CT, from the bundle's transforms
+    // (Orientationd RAS, Spacingd 1 mm bilinear, ScaleIntensityRanged -87..199 clipped),
+    // SlidingWindowInferer (ROI 32 here, overlap 0.625, constant blending), softmax, Invertd
+    // and argmax, with a small random DiNTS instance.
+    let Some(ct) = common::data_file("totalsegmentator/tests/reference_files/example_ct_sm.nii.gz")
+    else {
+        return;
+    };
+    let full = hypersegnas::volume::read_volume(&ct).unwrap();
+    let (x0, y0, z0) = (40, 30, 8);
+    let dims = [32, 32, 16];
+    let mut data = Vec::with_capacity(dims.iter().product());
+    for z in 0..dims[2] {
+        for y in 0..dims[1] {
+            for x in 0..dims[0] {
+                let at = (x + x0) + full.dims[0] * ((y + y0) + full.dims[1] * (z + z0));
+                data.push(full.data[at]);
+            }
+        }
+    }
+    let mut world_from_voxel = full.world_from_voxel;
+    for (r, row) in world_from_voxel.iter_mut().take(3).enumerate() {
+        let shift: f64 = (0..3)
+            .map(|c| full.world_from_voxel[r][c] * [x0, y0, z0][c] as f64)
+            .sum();
+        row[3] += shift;
+    }
+    let crop = hypersegnas::volume::Volume {
+        data,
+        dims,
+        world_from_voxel,
+        ..full
+    };
+
+    let device = Device::flex();
+    let opened = open::open(
+        &fixture("pancreas_pipeline.pt"),
+        arch_file("pancreas_pipeline").as_ref(),
+        &device,
+    )
+    .unwrap();
+    let options = hypersegnas::inference::WindowOptions {
+        roi: [32; 3],
+        overlap: 0.625,
+        blend: hypersegnas::inference::Blend::Constant,
+        batch: 4,
+        mode: opened.mode,
+    };
+    let seg = hypersegnas::inference::segment_with(
+        &opened.network,
+        &device,
+        &crop,
+        &hypersegnas::checkpoint::Preprocess::monai_pancreas(),
+        &opened.arch,
+        &options,
+        hypersegnas::inference::SoftmaxOrder::AfterBlending,
+        false,
+        &mut |_| std::ops::ControlFlow::Continue(()),
+    )
+    .unwrap();
+
+    // MONAI's array is [x, y, z] in C order; ours is x fastest.
+    let expected = read_labels(&fixture("pancreas_pipeline_labels.npy"));
+    let mut differ = 0;
+    for x in 0..dims[0] {
+        for y in 0..dims[1] {
+            for z in 0..dims[2] {
+                let theirs = expected[(x * dims[1] + y) * dims[2] + z];
+                let ours = seg.labels[x + dims[0] * (y + dims[1] * z)];
+                differ += (theirs as u16 != ours) as usize;
+            }
+        }
+    }
+    let fraction = differ as f64 / expected.len() as f64;
+    eprintln!(
+        "pancreas pipeline: {differ} of {} voxels differ",
+        expected.len()
+    );
+    assert!(fraction <= 0.001, "{differ} voxels differ ({fraction:.4})");
+    // The fixture is not degenerate: every class occurs.
+    assert!(seg.counts.iter().all(|&n| n > 0), "{:?}", seg.counts);
+}
+
+/// A uint8 `.npy` label map (written by numpy, `|u1`).
+fn read_labels(path: &Path) -> Vec<u8> {
+    let bytes = std::fs::read(path).unwrap();
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
+    assert!(header.contains("'|u1'"), "{header}");
+    bytes[10 + header_len..].to_vec()
+}

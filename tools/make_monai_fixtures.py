@@ -17,8 +17,9 @@ Usage (from the repository root):
     /work/pyenv/bin/python tools/make_monai_fixtures.py
 
 The pipeline fixture (`pancreas_pipeline_*`) runs MONAI's pancreas-bundle transforms and
-SlidingWindowInferer on a crop of a real CT and is written only when that CT is present
-(../shared/data/totalsegmentator/tests/reference_files/example_ct_sm.nii.gz).
+SlidingWindowInferer on a crop (x 40:72, y 30:62, z 8:24) of a real CT and is written only
+when that CT is present (../shared/data/totalsegmentator/tests/reference_files/
+example_ct_sm.nii.gz); the crop itself is not kept (the test crops the shared file).
 """
 
 import json
@@ -321,7 +322,9 @@ def pipeline_fixture(cases):
     affine[:3, 3] = affine[:3, :3] @ np.array([40, 30, 8]) + affine[:3, 3]
     crop_img = nib.Nifti1Image(crop, affine)
     crop_img.header.set_xyzt_units("mm")
-    crop_path = os.path.join(OUT, "pancreas_pipeline_ct.nii.gz")
+    # The crop is not kept: the CT's licence is unverified, so the test crops the shared file.
+    import tempfile
+    crop_path = os.path.join(tempfile.mkdtemp(), "crop.nii.gz")
     nib.save(crop_img, crop_path)
 
     # The bundle's pre-processing (pancreas_ct_dints_segmentation, inference.yaml).
@@ -362,7 +365,8 @@ def pipeline_fixture(cases):
     cases.append({
         "name": "pancreas_pipeline",
         "files": {"pt": "pancreas_pipeline.pt", "arch": "pancreas_pipeline_arch.pth",
-                  "ct": "pancreas_pipeline_ct.nii.gz", "labels": "pancreas_pipeline_labels.npy"},
+                  "labels": "pancreas_pipeline_labels.npy"},
+        "crop": {"x": [40, 72], "y": [30, 62], "z": [8, 24]},
         "roi": 32, "scheme": "instance",
     })
 

@@ -3,9 +3,9 @@
 use std::path::Path;
 
 use hypersegnas::arch::{self, ArchCode, SearchSpace};
+use hypersegnas::checkpoint;
 use hypersegnas::monai::open;
 use hypersegnas::monai::{KeyScheme, StateDict, infer, read_arch_pth};
-use hypersegnas::checkpoint;
 use hypersegnas::volume;
 
 use super::{CliResult, input};
@@ -13,7 +13,9 @@ use super::{CliResult, input};
 /// Prints what `path` holds.
 pub fn run(path: &Path, verify: bool) -> CliResult {
     let name = path.to_string_lossy().to_ascii_lowercase();
-    let is_torch = [".pt", ".pth", ".bin", ".ckpt"].iter().any(|e| name.ends_with(e));
+    let is_torch = [".pt", ".pth", ".bin", ".ckpt"]
+        .iter()
+        .any(|e| name.ends_with(e));
     if name.ends_with(".safetensors") && !open::is_native(path) {
         monai_info(path, verify)
     } else if name.ends_with(".safetensors") {

@@ -233,6 +233,7 @@ fn init(args: InitArgs) -> CliResult {
         orientation: "RAS".into(),
         spacing: Some(triple(&args.spacing, "--spacing")?),
         intensity,
+        grid: Default::default(),
     };
     config.roi = triple(&args.roi, "--roi")?;
     input(config.validate())?;
