@@ -260,10 +260,10 @@ fn finish(
             path,
             probs,
             ckpt.config.network.num_classes,
-            &vol,
+            vol,
         ))?;
     }
-    if let Err(e) = volume::write_label_map(&args.output, &seg.labels, &vol) {
+    if let Err(e) = volume::write_label_map(&args.output, &seg.labels, vol) {
         if let Some(path) = &args.probabilities {
             let _ = std::fs::remove_file(path);
         }

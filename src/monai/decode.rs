@@ -131,7 +131,7 @@ mod tests {
             -4.0, big, -big, big,
         ];
         let mut c = vec![0.0; 2 * 4 * 5];
-        c[(1 * 4 + 3) * 5 + 4] = 1.0; // layer 1 edge 3: conv_1x3x3
+        c[(4 + 3) * 5 + 4] = 1.0; // layer 1 (offset 4 edges) edge 3: conv_1x3x3
         let code = decode(&a, &c, 2, 2, 5).unwrap();
         let on: Vec<Vec<bool>> = (0..2)
             .map(|l| (0..4).map(|e| code.get(l, e).is_some()).collect())

@@ -414,7 +414,7 @@ pub fn read_arch_pth(path: &Path) -> Result<ArchCode, ImportError> {
             "arch_code_a has {edges} columns; DiNTS layers have 3 x levels - 2 edges"
         )));
     }
-    let depths = (edges + 2) / 3;
+    let depths = edges.div_ceil(3);
     let op_index: Vec<f64> = match c.shape[..] {
         [l, e] if l == layers && e == edges => c.values.clone(),
         [l, e, ops] if l == layers && e == edges && ops > 0 => c

@@ -470,7 +470,7 @@ fn set_items(target: &mut Value, items: Vec<Value>, at: usize) -> Result<(), Pic
     let Value::Dict(d) = target else {
         return Err(corrupt(at, format!("SETITEM on a {}", target.kind())));
     };
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return Err(corrupt(at, "SETITEMS with an odd number of values"));
     }
     let mut d = d.borrow_mut();
