@@ -39,6 +39,10 @@ pub struct ForwardArgs {
     /// Replace an existing output file.
     #[arg(long)]
     force: bool,
+    /// Run the forward pass this many times and report each time (for benchmarks); the
+    /// logits of the last run are written.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
 }
 
 pub fn run(args: ForwardArgs) -> CliResult {
@@ -125,37 +129,55 @@ pub fn run(args: ForwardArgs) -> CliResult {
         )));
     }
 
-    let started = Instant::now();
-    let x = Tensor::<5>::from_data(
-        TensorData::new(patch.values, [1, c, d, h, w]),
-        &selected.device,
-    );
-    let logits = match opened.network.forward(x, &opened.arch, mode) {
-        Ok(logits) => logits,
-        Err(e @ hypersegnas::model::ModelError::Mode(_)) => {
-            return Err(Failure::Input(format!(
-                "{}: {e}",
-                args.checkpoint.display()
-            )));
-        }
-        Err(e) => return internal(Err(e)),
-    };
-    let values: Vec<f32> = internal(
-        logits
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .map_err(|e| format!("reading the logits failed: {e:?}")),
-    )?;
-    let seconds = started.elapsed().as_secs_f64();
-    tracing::info!(
-        "forward pass done in {seconds:.3} s on {}",
-        selected.description
-    );
+    if args.repeat == 0 {
+        return Err(Failure::Input("--repeat must be at least 1".into()));
+    }
+    let mut values = Vec::new();
+    let mut times = Vec::with_capacity(args.repeat);
+    for _ in 0..args.repeat {
+        // Timed from the upload of the patch to the logits back on the host.
+        let started = Instant::now();
+        let x = Tensor::<5>::from_data(
+            TensorData::new(patch.values.clone(), [1, c, d, h, w]),
+            &selected.device,
+        );
+        let logits = match opened.network.forward(x, &opened.arch, mode) {
+            Ok(logits) => logits,
+            Err(e @ hypersegnas::model::ModelError::Mode(_)) => {
+                let name = args.checkpoint.display();
+                return Err(Failure::Input(format!("{name}: {e}")));
+            }
+            Err(e) => return internal(Err(e)),
+        };
+        values = internal(
+            logits
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .map_err(|e| format!("reading the logits failed: {e:?}")),
+        )?;
+        let seconds = started.elapsed().as_secs_f64();
+        times.push(seconds);
+        tracing::info!(
+            "forward pass done in {seconds:.3} s on {}",
+            selected.description
+        );
+    }
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let seconds = sorted[sorted.len() / 2];
+    if args.repeat > 1 {
+        let all: Vec<String> = times.iter().map(|t| format!("{t:.3}")).collect();
+        println!(
+            "forward times (s): {} (median {seconds:.3}, min {:.3})",
+            all.join(" "),
+            sorted[0]
+        );
+    }
     let classes = config.num_classes;
     input(npy::write_npy(&args.output, &[classes, d, h, w], &values))?;
     println!(
-        "wrote {} ([{classes}, {d}, {h}, {w}] logits, forward {seconds:.3} s)",
+        "wrote {} ([{classes}, {d}, {h}, {w}] logits, forward {seconds:.3} s median)",
         args.output.display()
     );
     Ok(())
