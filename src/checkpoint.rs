@@ -53,6 +53,19 @@ pub enum Intensity {
     None,
 }
 
+/// How the size of the resampled grid is chosen. Both put the first resampled voxel on
+/// the first original voxel; they differ in how many voxels follow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GridRule {
+    /// `round(n * spacing / target)` voxels: the grid covers the volume's full extent.
+    #[default]
+    Extent,
+    /// `round((n - 1) * spacing / target) + 1` voxels: the grid spans the first to the last
+    /// voxel centre, as MONAI's `Spacingd` does (`scale_extent = False`).
+    Corners,
+}
+
 /// Pre-processing a checkpoint expects.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Preprocess {
@@ -62,6 +75,9 @@ pub struct Preprocess {
     pub spacing: Option<[f64; 3]>,
     /// Intensity normalisation.
     pub intensity: Intensity,
+    /// Size rule of the resampled grid (absent in older checkpoints: `extent`).
+    #[serde(default)]
+    pub grid: GridRule,
 }
 
 impl Preprocess {
@@ -100,6 +116,23 @@ impl Preprocess {
                 a_max: 250.0,
                 clip: true,
             },
+            grid: GridRule::Extent,
+        }
+    }
+
+    /// The pre-processing of MONAI's `pancreas_ct_dints_segmentation` bundle: RAS, 1 mm
+    /// (grid as `Spacingd` builds it), `ScaleIntensityRanged(a_min=-87, a_max=199, b_min=0,
+    /// b_max=1, clip=True)`, that is `(HU + 87) / 286` clipped to [0, 1].
+    pub fn monai_pancreas() -> Self {
+        Self {
+            orientation: "RAS".into(),
+            spacing: Some([1.0; 3]),
+            intensity: Intensity::CtWindow {
+                a_min: -87.0,
+                a_max: 199.0,
+                clip: true,
+            },
+            grid: GridRule::Corners,
         }
     }
 }

@@ -8,6 +8,7 @@
 //! - [`arch`]: search spaces and architecture codes (validation, presets, files).
 //! - [`model`]: the super-net, the image encoder and the MAN in Burn.
 //! - [`checkpoint`]: the native `.safetensors` checkpoint.
+//! - [`monai`]: reading PyTorch files and importing MONAI DiNTS checkpoints.
 //! - [`inference`]: pre-processing, sliding-window prediction, mapping results back.
 //! - [`train`]: Algorithm 1 (super-net training, annealing) and fine-tuning.
 //! - [`device`]: choosing between the wgpu and CPU backends.
@@ -20,5 +21,6 @@ pub mod device;
 pub mod fsutil;
 pub mod inference;
 pub mod model;
+pub mod monai;
 pub mod train;
 pub mod volume;

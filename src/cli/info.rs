@@ -2,8 +2,10 @@
 
 use std::path::Path;
 
-use hypersegnas::arch::{self, SearchSpace};
+use hypersegnas::arch::{self, ArchCode, SearchSpace};
 use hypersegnas::checkpoint;
+use hypersegnas::monai::open;
+use hypersegnas::monai::{KeyScheme, StateDict, infer, read_arch_pth};
 use hypersegnas::volume;
 
 use super::{CliResult, input};
@@ -11,8 +13,18 @@ use super::{CliResult, input};
 /// Prints what `path` holds.
 pub fn run(path: &Path, verify: bool) -> CliResult {
     let name = path.to_string_lossy().to_ascii_lowercase();
-    if name.ends_with(".safetensors") {
+    let is_torch = [".pt", ".pth", ".bin", ".ckpt"]
+        .iter()
+        .any(|e| name.ends_with(e));
+    if name.ends_with(".safetensors") && !open::is_native(path) {
+        monai_info(path, verify)
+    } else if name.ends_with(".safetensors") {
         checkpoint_info(path, verify)
+    } else if is_torch {
+        match read_arch_pth(path) {
+            Ok(code) => print_arch(path, &code, "MONAI architecture file"),
+            Err(_) => monai_info(path, verify),
+        }
     } else if name.ends_with(".json") {
         arch_info(path)
     } else {
@@ -170,7 +182,54 @@ fn checkpoint_info(path: &Path, verify: bool) -> CliResult {
 
 fn arch_info(path: &Path) -> CliResult {
     let code = input(arch::read_arch_json(path))?;
-    println!("architecture {}", path.display());
+    print_arch(path, &code, "architecture JSON")
+}
+
+fn monai_info(path: &Path, verify: bool) -> CliResult {
+    let sd = input(StateDict::open(path))?;
+    let inferred = input(infer(&sd))?;
+    let net = &inferred.config;
+    println!("checkpoint  {} (MONAI DiNTS state dict)", path.display());
+    println!("layout      {}", inferred.scheme.describe());
+    println!(
+        "network     {} levels, use_downsample {}, channel_mul {} (filters {:?}), {} input \
+         channel(s), {} classes",
+        net.space.num_depths,
+        net.use_downsample,
+        net.channel_mul,
+        net.filters(),
+        net.in_channels,
+        net.num_classes
+    );
+    println!("tensors     {}", sd.len());
+    match &inferred.decoded {
+        Some(code) => {
+            println!(
+                "arch        decoded from log_alpha_a / log_alpha_c ({} active edges; use \
+                 --arch checkpoint):",
+                code.active_edges()
+            );
+            print!("{}", code.to_grid_string());
+        }
+        None if inferred.scheme == KeyScheme::SearchSpace => {
+            println!("arch        none stored: pass --arch (file or preset)")
+        }
+        None => println!("arch        a searched instance: pass its arch file with --arch"),
+    }
+    if verify {
+        match &inferred.decoded {
+            Some(_) => {
+                input(open::open(path, None, &burn::tensor::Device::flex()))?;
+                println!("verified    every tensor loads with the decoded architecture");
+            }
+            None => println!("verify      needs an architecture; run `forward` with --arch"),
+        }
+    }
+    Ok(())
+}
+
+fn print_arch(path: &Path, code: &ArchCode, kind: &str) -> CliResult {
+    println!("architecture {} ({kind})", path.display());
     println!(
         "shape        {} layers x {} levels, {} active edges",
         code.num_layers(),

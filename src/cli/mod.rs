@@ -1,6 +1,7 @@
 //! Command-line parsing, dispatch and error reporting.
 
 mod evaluate;
+mod forward;
 mod info;
 mod segment;
 mod train;
@@ -62,6 +63,8 @@ enum Command {
     Gui(GuiArgs),
     /// Segment a volume with a checkpoint and an architecture.
     Segment(segment::SegmentArgs),
+    /// One forward pass on a raw .npy patch (ours or a MONAI DiNTS checkpoint), logits out.
+    Forward(forward::ForwardArgs),
     /// Summarise a volume, checkpoint or architecture file.
     Info {
         /// The file.
@@ -243,6 +246,7 @@ pub fn run() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Gui(GuiArgs::default())) {
         Command::Gui(args) => gui(args),
         Command::Segment(args) => segment::run(args),
+        Command::Forward(args) => forward::run(args),
         Command::Info { file, verify } => info::run(&file, verify),
         Command::Init(args) => init(args),
         Command::Arch(args) => arch_command(args),
@@ -314,6 +318,7 @@ fn init(args: InitArgs) -> CliResult {
         orientation: "RAS".into(),
         spacing: Some(triple(&args.spacing, "--spacing")?),
         intensity,
+        grid: Default::default(),
     };
     config.roi = triple(&args.roi, "--roi")?;
     input(config.validate())?;

@@ -8,8 +8,9 @@ use hypersegnas::arch::{self, ArchCode};
 use hypersegnas::checkpoint;
 use hypersegnas::device::{self, DeviceChoice};
 use hypersegnas::fsutil::same_file;
-use hypersegnas::inference::{self, Blend, WindowError, WindowOptions};
+use hypersegnas::inference::{self, Blend, SoftmaxOrder, WindowError, WindowOptions};
 use hypersegnas::model::WeightMode;
+use hypersegnas::monai::open::{self, ArchSpec};
 use hypersegnas::volume;
 
 use super::{CliResult, Failure, input, internal, triple};
@@ -18,10 +19,12 @@ use super::{CliResult, Failure, input, internal, triple};
 pub struct SegmentArgs {
     /// Input volume (.nii, .nii.gz, .hdr/.img). 4-D input: the first volume is used.
     volume: PathBuf,
-    /// Checkpoint (.safetensors). Default: the bundled demo super-net (spleen on CT).
+    /// Checkpoint: ours (.safetensors) or a MONAI DiNTS state dict (.pt, .pth,
+    /// .safetensors). Default: the bundled demo super-net (spleen on CT).
     #[arg(long)]
     checkpoint: Option<PathBuf>,
-    /// Architecture JSON file.
+    /// Architecture file: our JSON or MONAI's arch .pth. MONAI searched instances need one;
+    /// MONAI search-space checkpoints default to their decoded log_alpha.
     #[arg(long, conflicts_with = "preset")]
     arch: Option<PathBuf>,
     /// Built-in architecture: all-conv, dints-paper, unet, random-SEED. Without --arch or
@@ -38,12 +41,18 @@ pub struct SegmentArgs {
     /// Also write class probabilities (4-D float32) here.
     #[arg(long)]
     probabilities: Option<PathBuf>,
-    /// Window overlap in [0, 1).
-    #[arg(long, default_value_t = 0.5)]
-    overlap: f32,
-    /// Window blending.
-    #[arg(long, value_enum, default_value = "gaussian")]
-    blend: Blend,
+    /// A complete inference pipeline replacing the checkpoint's pre-processing and the
+    /// window defaults. `monai-pancreas`: MONAI's pancreas_ct_dints_segmentation bundle (RAS,
+    /// 1 mm as Spacingd resamples, (HU + 87) / 286 clipped to [0, 1], ROI 96, overlap 0.625,
+    /// constant blending of logits, then softmax, resampling back and argmax).
+    #[arg(long, value_enum)]
+    pipeline: Option<Pipeline>,
+    /// Window overlap in [0, 1). Default 0.5 (0.625 with --pipeline monai-pancreas).
+    #[arg(long)]
+    overlap: Option<f32>,
+    /// Window blending. Default gaussian (constant with --pipeline monai-pancreas).
+    #[arg(long, value_enum)]
+    blend: Option<Blend>,
     /// Sliding-window ROI (one value or x,y,z); default: the checkpoint's.
     #[arg(long, value_delimiter = ',')]
     roi: Option<Vec<usize>>,
@@ -53,6 +62,13 @@ pub struct SegmentArgs {
     /// Where to run: auto (a hardware GPU if present, else CPU), gpu, cpu.
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceChoice,
+}
+
+/// Named inference pipelines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Pipeline {
+    /// MONAI's pancreas_ct_dints_segmentation bundle.
+    MonaiPancreas,
 }
 
 pub fn run(args: SegmentArgs) -> CliResult {
@@ -96,6 +112,28 @@ pub fn run(args: SegmentArgs) -> CliResult {
 
     let selected = input(device::select(args.device))?;
     let started = Instant::now();
+    if let Some(path) = args.checkpoint.as_ref().filter(|p| !open::is_native(p)) {
+        // A MONAI state dict: shapes and the architecture define the network.
+        let spec = match (&args.arch, &args.preset) {
+            (Some(file), _) => Some(ArchSpec::File(file.clone())),
+            (None, Some(name)) if name == "checkpoint" => Some(ArchSpec::Checkpoint),
+            (None, Some(name)) => Some(ArchSpec::Preset(name.clone())),
+            (None, None) => None,
+        };
+        let opened = open::open(path, spec.as_ref(), &selected.device).map_err(Failure::Input)?;
+        tracing::info!(
+            "loaded {} (MONAI DiNTS, {} parameters) in {:.1} s",
+            path.display(),
+            opened.network.num_params(),
+            started.elapsed().as_secs_f64()
+        );
+        let ckpt = checkpoint::Checkpoint {
+            network: opened.network,
+            config: opened.config,
+        };
+        let name = path.display().to_string();
+        return finish(&args, &vol, &selected, ckpt, name, opened.arch);
+    }
     let (ckpt, ckpt_name) = match &args.checkpoint {
         Some(path) => (
             input(checkpoint::load(path, &selected.device))?,
@@ -129,6 +167,23 @@ pub fn run(args: SegmentArgs) -> CliResult {
             .map_or_else(|| "architecture".to_string(), |p| p.display().to_string());
         return Err(Failure::Input(format!("{which}: {e}")));
     }
+    finish(&args, &vol, &selected, ckpt, ckpt_name, code)
+}
+
+/// Runs the sliding window with a loaded network and writes the outputs.
+fn finish(
+    args: &SegmentArgs,
+    vol: &volume::Volume,
+    selected: &device::SelectedDevice,
+    mut ckpt: checkpoint::Checkpoint,
+    ckpt_name: String,
+    code: ArchCode,
+) -> CliResult {
+    let pancreas = args.pipeline == Some(Pipeline::MonaiPancreas);
+    if pancreas {
+        ckpt.config.preprocess = checkpoint::Preprocess::monai_pancreas();
+        ckpt.config.roi = [96; 3];
+    }
     let mode = match &args.mode {
         Some(text) => WeightMode::parse(text).ok_or_else(|| {
             Failure::Input(format!("unknown mode '{text}' (known: man, fixed, plain)"))
@@ -150,10 +205,19 @@ pub fn run(args: SegmentArgs) -> CliResult {
 
     let options = WindowOptions {
         roi,
-        overlap: args.overlap,
-        blend: args.blend,
+        overlap: args.overlap.unwrap_or(if pancreas { 0.625 } else { 0.5 }),
+        blend: args.blend.unwrap_or(if pancreas {
+            Blend::Constant
+        } else {
+            Blend::Gaussian
+        }),
         batch: args.batch,
         mode,
+    };
+    let order = if pancreas {
+        SoftmaxOrder::AfterBlending
+    } else {
+        SoftmaxOrder::PerWindow
     };
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
@@ -168,13 +232,14 @@ pub fn run(args: SegmentArgs) -> CliResult {
         ControlFlow::Continue(())
     };
     let started = Instant::now();
-    let result = inference::segment(
+    let result = inference::segment_with(
         &ckpt.network,
         &selected.device,
-        &vol,
+        vol,
         &ckpt.config.preprocess,
         &code,
         &options,
+        order,
         args.probabilities.is_some(),
         &mut progress,
     );
@@ -195,10 +260,10 @@ pub fn run(args: SegmentArgs) -> CliResult {
             path,
             probs,
             ckpt.config.network.num_classes,
-            &vol,
+            vol,
         ))?;
     }
-    if let Err(e) = volume::write_label_map(&args.output, &seg.labels, &vol) {
+    if let Err(e) = volume::write_label_map(&args.output, &seg.labels, vol) {
         if let Some(path) = &args.probabilities {
             let _ = std::fs::remove_file(path);
         }

@@ -5,8 +5,8 @@
 mod window;
 
 pub use window::{
-    Blend, MAX_ROI, Progress, WindowError, WindowOptions, importance_map, sliding_window,
-    window_starts,
+    Blend, MAX_ROI, Progress, SoftmaxOrder, WindowError, WindowOptions, importance_map,
+    sliding_window, sliding_window_with, window_starts,
 };
 
 use std::ops::ControlFlow;
@@ -14,7 +14,7 @@ use std::ops::ControlFlow;
 use burn::tensor::Device;
 
 use crate::arch::ArchCode;
-use crate::checkpoint::{Intensity, Preprocess};
+use crate::checkpoint::{GridRule, Intensity, Preprocess};
 use crate::model::Network;
 use crate::volume::{Interp, Orientation, Volume, resample, spacing_map};
 
@@ -142,7 +142,14 @@ pub fn prepare(volume: &Volume, pre: &Preprocess) -> Result<Prepared, WindowErro
             ras.spacing
         )));
     }
-    let map = spacing_map(ras.dims, ras.spacing, target);
+    let mut map = spacing_map(ras.dims, ras.spacing, target);
+    if pre.grid == GridRule::Corners {
+        // MONAI's Spacingd: from the first to the last voxel centre.
+        for a in 0..3 {
+            let span = (ras.dims[a].max(1) - 1) as f64 * map.in_spacing[a] / map.out_spacing[a];
+            map.out_dims[a] = span.round() as usize + 1;
+        }
+    }
     let mut data = resample(
         &ras.data,
         ras.dims,
@@ -194,6 +201,33 @@ pub fn segment(
     keep_probabilities: bool,
     progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
 ) -> Result<Segmentation, InferenceError> {
+    segment_with(
+        network,
+        device,
+        volume,
+        pre,
+        arch,
+        options,
+        SoftmaxOrder::PerWindow,
+        keep_probabilities,
+        progress,
+    )
+}
+
+/// [`segment`] with a choice of where the softmax happens ([`SoftmaxOrder::AfterBlending`]
+/// is what MONAI's `SlidingWindowInferer` followed by `Activationsd(softmax=True)` does).
+#[allow(clippy::too_many_arguments)]
+pub fn segment_with(
+    network: &Network,
+    device: &Device,
+    volume: &Volume,
+    pre: &Preprocess,
+    arch: &ArchCode,
+    options: &WindowOptions,
+    order: SoftmaxOrder,
+    keep_probabilities: bool,
+    progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
+) -> Result<Segmentation, InferenceError> {
     if network.config.in_channels != 1 {
         return Err(WindowError::Options(format!(
             "the network expects {} input channels; segmenting a single volume needs 1",
@@ -207,7 +241,7 @@ pub fn segment(
         prepared.spacing,
         prepared.ras_dims
     );
-    let probs = sliding_window(
+    let probs = sliding_window_with(
         network,
         device,
         &prepared.data,
@@ -215,6 +249,7 @@ pub fn segment(
         prepared.dims,
         arch,
         options,
+        order,
         progress,
     )?;
     Ok(restore(

@@ -37,6 +37,15 @@ pub struct WindowOptions {
     pub mode: WeightMode,
 }
 
+/// Where the softmax is taken relative to blending overlapping windows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SoftmaxOrder {
+    /// Softmax of each window, then blend probabilities.
+    PerWindow,
+    /// Blend logits, then softmax (MONAI's `SlidingWindowInferer` and `Activationsd`).
+    AfterBlending,
+}
+
 /// The largest sliding-window side accepted.
 pub const MAX_ROI: usize = 1024;
 
@@ -130,6 +139,32 @@ pub fn sliding_window(
     options: &WindowOptions,
     progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
 ) -> Result<Vec<f32>, WindowError> {
+    sliding_window_with(
+        network,
+        device,
+        image,
+        channels,
+        dims,
+        arch,
+        options,
+        SoftmaxOrder::PerWindow,
+        progress,
+    )
+}
+
+/// [`sliding_window`] with a choice of where the softmax happens.
+#[allow(clippy::too_many_arguments)]
+pub fn sliding_window_with(
+    network: &Network,
+    device: &Device,
+    image: &[f32],
+    channels: usize,
+    dims: [usize; 3],
+    arch: &ArchCode,
+    options: &WindowOptions,
+    order: SoftmaxOrder,
+    progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
+) -> Result<Vec<f32>, WindowError> {
     let roi = options.roi;
     let divisor = network.config.input_divisor();
     if roi.iter().any(|r| *r == 0 || r % divisor != 0) {
@@ -211,7 +246,11 @@ pub fn sliding_window(
         let shape = [chunk.len(), channels, roi[0], roi[1], roi[2]];
         let x = Tensor::<5>::from_data(TensorData::new(patch, shape), device);
         let logits = network.forward(x, arch, options.mode)?;
-        let probs: Vec<f32> = softmax(logits, 1)
+        let scores = match order {
+            SoftmaxOrder::PerWindow => softmax(logits, 1),
+            SoftmaxOrder::AfterBlending => logits,
+        };
+        let probs: Vec<f32> = scores
             .into_data()
             .convert::<f32>()
             .try_to_vec::<f32>()
@@ -269,7 +308,28 @@ pub fn sliding_window(
             }
         }
     }
+    if order == SoftmaxOrder::AfterBlending {
+        softmax_channels(&mut result, classes, len);
+    }
     Ok(result)
+}
+
+/// Softmax over `classes` channel-major planes of `len` voxels, in place.
+fn softmax_channels(values: &mut [f32], classes: usize, len: usize) {
+    for i in 0..len {
+        let max = (0..classes)
+            .map(|k| values[k * len + i])
+            .fold(f32::NEG_INFINITY, f32::max);
+        let mut total = 0.0;
+        for k in 0..classes {
+            let e = (values[k * len + i] - max).exp();
+            values[k * len + i] = e;
+            total += e;
+        }
+        for k in 0..classes {
+            values[k * len + i] /= total;
+        }
+    }
 }
 
 #[cfg(test)]

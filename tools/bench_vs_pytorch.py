@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""Times our forward pass against MONAI/PyTorch on the same DiNTS network, weights and input.
+
+In one sitting, for the DiNTS paper's architecture at channel_mul 1 (the pancreas bundle's
+network, about 152 M parameters) and a smaller one (channel_mul 0.25):
+
+- MONAI: DiNTS(TopologyInstance(...)) on CPU, float32, torch.set_num_threads(2), one warm-up
+  then --runs timed forward passes on a [1, 1, 96, 96, 96] input;
+- ours: `hypersegnas forward --repeat (runs + 1) --device cpu` with RAYON_NUM_THREADS=2 on
+  the same state dict (.pt) and arch file, first run dropped as warm-up;
+
+then the sliding-window throughput of both on a real CT (--pipeline monai-pancreas with the
+smaller network: RAS, 1 mm, ROI 96, overlap 0.625, constant blending). It checks that both
+produce the same logits before timing.
+
+Usage (from the repository root, after `cargo build`; the dev profile builds dependencies
+at opt-level 3):
+    cp $CARGO_TARGET_DIR/debug/hypersegnas /tmp/hypersegnas-bench
+    /work/pyenv/bin/python tools/bench_vs_pytorch.py --bin /tmp/hypersegnas-bench
+"""
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_monai_fixtures import PAPER_A, PAPER_C, instance, node_a_of, save_arch  # noqa: E402
+
+CT = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "totalsegmentator",
+    "tests", "reference_files", "example_ct_sm.nii.gz",
+)
+
+
+def ours_forward(binary, ckpt, arch, x_path, out_path, runs):
+    env = dict(os.environ, RAYON_NUM_THREADS="2")
+    cmd = [binary, "--log", "warn", "forward", "--device", "cpu", "--checkpoint", ckpt,
+           "--arch", arch, "--input", x_path, "--output", out_path, "--force",
+           "--repeat", str(runs + 1)]
+    text = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+    times = [float(t) for t in re.search(r"forward times \(s\): ([\d. ]+)", text).group(1).split()]
+    return times[1:]
+
+
+def monai_forward(net, x, runs):
+    with torch.no_grad():
+        net(x)
+        times = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            y = net(x)
+            times.append(time.perf_counter() - t)
+    return times, y[0].numpy()
+
+
+def bench_network(binary, tmp, label, channel_mul, runs):
+    node_a = node_a_of(PAPER_A, 4)
+    torch.manual_seed(0)
+    net = instance(PAPER_A, PAPER_C, node_a, 4, 12, channel_mul, True, 1, 3).eval()
+    params = sum(p.numel() for p in net.parameters())
+    slug = label.split()[0]
+    ckpt = os.path.join(tmp, f"{slug}.pt")
+    arch = os.path.join(tmp, f"{slug}_arch.pth")
+    torch.save(net.state_dict(), ckpt)
+    save_arch(arch, node_a, PAPER_A, PAPER_C)
+    x = np.random.default_rng(0).standard_normal((1, 96, 96, 96)).astype(np.float32)
+    x_path = os.path.join(tmp, "x.npy")
+    np.save(x_path, x)
+    out = os.path.join(tmp, f"{slug}_ours.npy")
+
+    theirs, y = monai_forward(net, torch.from_numpy(x)[None], runs)
+    ours = ours_forward(binary, ckpt, arch, x_path, out, runs)
+    err = np.abs(np.load(out) - y).max() / np.abs(y).max()
+    t_ours, t_theirs = statistics.median(ours), statistics.median(theirs)
+    print(f"{label}: {params / 1e6:.1f} M parameters, input 96^3, {runs} runs (median)")
+    print(f"  ours     {t_ours:.3f} s  (runs: {' '.join(f'{t:.3f}' for t in ours)})")
+    print(f"  PyTorch  {t_theirs:.3f} s  (runs: {' '.join(f'{t:.3f}' for t in theirs)})")
+    print(f"  ratio ours/PyTorch {t_ours / t_theirs:.2f}; logits rel. difference {err:.2e}")
+    return net, ckpt, arch
+
+
+def bench_sliding_window(binary, tmp, net, ckpt, arch):
+    if not os.path.exists(CT):
+        print(f"sliding window: skipped, {CT} is absent")
+        return
+    from monai.inferers import SlidingWindowInferer
+    from monai.transforms import (Compose, EnsureChannelFirstd, LoadImaged, Orientationd,
+                                  ScaleIntensityRanged, Spacingd)
+
+    out = os.path.join(tmp, "labels.nii.gz")
+    env = dict(os.environ, RAYON_NUM_THREADS="2")
+    cmd = [binary, "segment", CT, "--checkpoint", ckpt, "--arch", arch, "--pipeline",
+           "monai-pancreas", "--device", "cpu", "-o", out]
+    text = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stderr
+    ours = float(re.search(r"inference done in ([\d.]+) s", text).group(1))
+
+    pre = Compose([
+        LoadImaged(keys="image"), EnsureChannelFirstd(keys="image"),
+        Orientationd(keys="image", axcodes="RAS"),
+        Spacingd(keys="image", pixdim=[1.0, 1.0, 1.0], mode="bilinear"),
+        ScaleIntensityRanged(keys="image", a_min=-87, a_max=199, b_min=0.0, b_max=1.0, clip=True),
+    ])
+    t = time.perf_counter()
+    d = pre({"image": CT})
+    inferer = SlidingWindowInferer(roi_size=[96] * 3, sw_batch_size=1, overlap=0.625, mode="constant")
+    with torch.no_grad():
+        inferer(d["image"][None], net)
+    theirs = time.perf_counter() - t
+    shape = tuple(d["image"].shape[1:])
+    print(f"sliding window on {os.path.basename(CT)} (1 mm grid {shape}), ROI 96, overlap 0.625:")
+    print(f"  ours {ours:.1f} s (pre-processing and inference), MONAI {theirs:.1f} s "
+          f"(transforms and SlidingWindowInferer); ratio {ours / theirs:.2f}")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bin", default="target/debug/hypersegnas")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--skip-paper", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, binary {args.bin}")
+    with tempfile.TemporaryDirectory() as tmp:
+        if not args.skip_paper:
+            bench_network(args.bin, tmp, "paper (channel_mul 1)", 1.0, args.runs)
+        small = bench_network(args.bin, tmp, "small (channel_mul 0.25)", 0.25, args.runs)
+        bench_sliding_window(args.bin, tmp, *small)
+
+
+if __name__ == "__main__":
+    main()
