@@ -254,3 +254,49 @@ fn a_result_for_a_replaced_volume_is_dropped() {
         );
     }
 }
+
+#[test]
+fn a_monai_instance_opens_with_its_architecture_file() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/monai");
+    let dir = tempfile::tempdir().unwrap();
+    let (image, _) = write_phantom(dir.path());
+    let mut h = harness(StartOptions {
+        volume: Some(image),
+        checkpoint: Some(fixtures.join("paper_code.pt")),
+        arch: Some(fixtures.join("paper_code_arch.pth")),
+        device: Some(DeviceChoice::Cpu),
+        ..Default::default()
+    });
+    wait_for(&mut h, "the MONAI network's first run", |app| {
+        app.model_info().is_some() && app.prediction().is_some() && !app.busy()
+    });
+    let info = h.state().model_info().unwrap().clone();
+    assert!(
+        info.monai
+            .as_deref()
+            .unwrap()
+            .starts_with("searched instance")
+    );
+    let expected =
+        hypersegnas::monai::import::read_arch_pth(&fixtures.join("paper_code_arch.pth")).unwrap();
+    assert_eq!(
+        h.state().arch().unwrap(),
+        &expected,
+        "the grid shows the file's code"
+    );
+    assert!(h.state().run_blocker().is_none());
+
+    // Turning on an edge the instance has no weights for blocks Run, with the reason.
+    let node_a = expected.node_a();
+    let space = info.config.network.space.clone();
+    let (layer, edge) = (1..expected.num_layers())
+        .flat_map(|l| (0..expected.num_edges()).map(move |e| (l, e)))
+        .find(|&(l, e)| expected.get(l, e).is_none() && node_a[l][space.edge(e).source])
+        .expect("the paper's code has an off edge leaving an active node");
+    h.get_by_label(&format!("layer {} edge {}", layer + 1, edge + 1))
+        .click();
+    h.run_steps(2);
+    let blocker = h.state().run_blocker().expect("Run is blocked");
+    assert!(blocker.contains("no weights"), "{blocker}");
+    assert!(h.get_by_label("Run").accesskit_node().is_disabled());
+}

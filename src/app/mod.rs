@@ -34,8 +34,11 @@ use worker::{
 pub struct StartOptions {
     pub volume: Option<PathBuf>,
     pub label: Option<PathBuf>,
-    /// A native checkpoint; the bundled demo super-net when `None`.
+    /// A checkpoint (ours, or a MONAI DiNTS state dict); the bundled demo super-net when
+    /// `None`.
     pub checkpoint: Option<PathBuf>,
+    /// An architecture file (our JSON or MONAI's .pth), needed with a MONAI instance.
+    pub arch: Option<PathBuf>,
     /// After the files are loaded, the first inference and the Figure 7 patches are done,
     /// write one frame of the window to this PNG and exit.
     pub screenshot: Option<PathBuf>,
@@ -169,6 +172,8 @@ pub struct ExplorerApp {
     model: Option<ModelInfo>,
     editor: Option<ArchEditor>,
     checkpoint_arch: Option<ArchCode>,
+    /// The last architecture file opened, offered to a MONAI instance loaded next.
+    arch_file: Option<PathBuf>,
     mode: WeightMode,
     roi_run: bool,
     view: Option<VolumeView>,
@@ -235,6 +240,7 @@ impl ExplorerApp {
             model: None,
             editor: None,
             checkpoint_arch: None,
+            arch_file: start.arch.clone(),
             mode: WeightMode::Man,
             roi_run: false,
             view: None,
@@ -266,8 +272,10 @@ impl ExplorerApp {
             random_seed: 1,
         };
         app.awaiting.push(RecentKind::Checkpoint);
-        app.worker
-            .send(Request::LoadCheckpoint(start.checkpoint.clone()));
+        app.worker.send(Request::LoadCheckpoint {
+            path: start.checkpoint.clone(),
+            arch: start.arch.clone(),
+        });
         if let Some(path) = &start.volume {
             app.awaiting.push(RecentKind::Volume);
             app.open_volume(path.clone());
@@ -314,6 +322,13 @@ impl ExplorerApp {
             let problems = editor.problems();
             if !problems.is_empty() {
                 return Some(format!("invalid architecture: {}", problems.join("; ")));
+            }
+            if let Some(reason) = self
+                .model
+                .as_ref()
+                .and_then(|m| instance_mismatch(m, editor.code()))
+            {
+                return Some(reason);
             }
         }
         None
@@ -413,18 +428,27 @@ impl ExplorerApp {
         if self.busy() {
             self.worker.cancel();
         }
-        self.worker.send(Request::LoadCheckpoint(path));
+        // A MONAI instance needs its architecture file; ours store theirs.
+        let arch = path
+            .as_ref()
+            .filter(|p| !crate::monai::open::is_native(p))
+            .and(self.arch_file.clone());
+        self.worker.send(Request::LoadCheckpoint { path, arch });
     }
 
     fn open_arch(&mut self, path: &Path) {
+        self.arch_file = Some(path.to_path_buf());
         let Some(space) = self.editor.as_ref().map(|e| e.space.clone()) else {
             self.notify(
-                Level::Error,
-                format!("{}: load a checkpoint first", path.display()),
+                Level::Info,
+                format!(
+                    "{}: kept for the next checkpoint (load a checkpoint to edit it)",
+                    path.display()
+                ),
             );
             return;
         };
-        match arch::read_arch_json(path) {
+        match crate::monai::open::read_arch_file(path) {
             Ok(code) => {
                 if code.num_layers() != space.num_layers || code.num_depths() != space.num_depths {
                     self.notify(
@@ -447,7 +471,7 @@ impl ExplorerApp {
                 self.notify(Level::Info, format!("architecture from {}", path.display()));
                 self.arch_changed();
             }
-            Err(e) => self.notify(Level::Error, e.to_string()),
+            Err(e) => self.notify(Level::Error, e),
         }
     }
 
@@ -459,6 +483,13 @@ impl ExplorerApp {
             self.open_checkpoint(Some(path));
         } else if name.ends_with(".json") {
             self.open_arch(&path);
+        } else if name.ends_with(".pt") || name.ends_with(".pth") {
+            // MONAI's architecture files and state dicts share the extensions.
+            if crate::monai::import::read_arch_pth(&path).is_ok() {
+                self.open_arch(&path);
+            } else {
+                self.open_checkpoint(Some(path));
+            }
         } else if name.ends_with(".nii")
             || name.ends_with(".nii.gz")
             || name.ends_with(".hdr")
@@ -496,7 +527,7 @@ impl ExplorerApp {
             self.notify(
                 Level::Error,
                 format!(
-                    "{}: unknown file type (open .nii/.nii.gz/.hdr volumes, .safetensors checkpoints or .json architectures)",
+                    "{}: unknown file type (open .nii/.nii.gz/.hdr volumes, .safetensors/.pt/.pth checkpoints or .json/.pth architectures)",
                     path.display()
                 ),
             );
@@ -728,16 +759,11 @@ impl ExplorerApp {
                     match result {
                         Ok(info) => {
                             let space = info.config.network.space.clone();
-                            let own = info.config.default_arch().and_then(|r| r.ok());
-                            let code = own
-                                .clone()
-                                .or_else(|| arch::preset("dints-paper", &space).ok())
-                                .or_else(|| arch::preset("all-conv", &space).ok())
-                                .unwrap_or_else(|| {
-                                    ArchCode::empty(space.num_layers, space.num_depths)
-                                });
-                            self.checkpoint_arch = own;
-                            self.editor = Some(ArchEditor::new(space, code));
+                            self.checkpoint_arch = info.own_arch.then(|| info.arch.clone());
+                            self.editor = Some(ArchEditor::new(space, info.arch.clone()));
+                            if let Some(kind) = &info.monai {
+                                self.notify(Level::Info, format!("MONAI DiNTS state dict: {kind}"));
+                            }
                             self.mode = if info.config.network.has_man() {
                                 WeightMode::Man
                             } else {
@@ -753,7 +779,8 @@ impl ExplorerApp {
                                     info.num_params as f64 / 1e6
                                 ),
                             );
-                            if let Ok(p) = PathBuf::from(&info.source).canonicalize() {
+                            if let Some(p) = info.path.as_ref().and_then(|p| p.canonicalize().ok())
+                            {
                                 self.remember(RecentKind::Checkpoint, &p);
                             }
                             self.model = Some(info);
@@ -1031,8 +1058,10 @@ impl ExplorerApp {
             RecentKind::Volume | RecentKind::Label => {
                 dialog.add_filter("NIfTI", &["nii", "gz", "hdr", "img"])
             }
-            RecentKind::Checkpoint => dialog.add_filter("Checkpoint", &["safetensors"]),
-            RecentKind::Architecture => dialog.add_filter("Architecture", &["json"]),
+            RecentKind::Checkpoint => {
+                dialog.add_filter("Checkpoint", &["safetensors", "pt", "pth"])
+            }
+            RecentKind::Architecture => dialog.add_filter("Architecture", &["json", "pth", "pt"]),
         };
         if let Some(path) = dialog.pick_file() {
             match kind {
@@ -1194,7 +1223,10 @@ impl ExplorerApp {
                     ui.close();
                     self.dialog_save_prediction();
                 }
-                if ui.button("Import architecture (JSON)…").clicked() {
+                if ui
+                    .button("Import architecture (JSON or MONAI .pth)…")
+                    .clicked()
+                {
                     ui.close();
                     self.dialog_open(RecentKind::Architecture);
                 }
@@ -1872,6 +1904,31 @@ const HELP: &[(&str, &str)] = &[
     ),
     ("F1", "this window"),
 ];
+
+/// A MONAI searched instance holds weights only for its own op on each of its edges: an
+/// edited code may switch edges off but not turn one on or change its op.
+fn instance_mismatch(model: &ModelInfo, code: &ArchCode) -> Option<String> {
+    let scheme = model.monai.as_deref()?;
+    if !scheme.starts_with("searched instance") {
+        return None;
+    }
+    for layer in 0..code.num_layers() {
+        for edge in 0..code.num_edges() {
+            if let Some(op) = code.get(layer, edge)
+                && model.arch.get(layer, edge) != Some(op)
+            {
+                return Some(format!(
+                    "this MONAI searched instance has no weights for layer {} edge {} as {} \
+                     (it may only switch its own edges off)",
+                    layer + 1,
+                    edge + 1,
+                    op.name()
+                ));
+            }
+        }
+    }
+    None
+}
 
 fn fmt_num(v: f64) -> String {
     if v.is_nan() {

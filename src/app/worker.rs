@@ -58,6 +58,15 @@ pub struct LoadedLabel {
 pub struct ModelInfo {
     /// Where it came from (or "bundled demo").
     pub source: String,
+    /// The file, when it came from one.
+    pub path: Option<PathBuf>,
+    /// The architecture it opened with (its own, a decoded search result, the given file,
+    /// or `all-conv`).
+    pub arch: ArchCode,
+    /// Whether `arch` is the checkpoint's own (stored, decoded or given with it).
+    pub own_arch: bool,
+    /// For a MONAI state dict: its key layout; `None` for our checkpoints.
+    pub monai: Option<String>,
     pub config: CheckpointConfig,
     pub num_params: usize,
     pub device: String,
@@ -114,8 +123,12 @@ pub struct PatchWeights {
 
 /// Requests to the model thread.
 pub enum Request {
-    /// Load a native checkpoint, or the bundled demo when `None`.
-    LoadCheckpoint(Option<PathBuf>),
+    /// Load a checkpoint (ours or a MONAI DiNTS state dict), or the bundled demo when the
+    /// path is `None`; `arch` is an architecture file for MONAI instances.
+    LoadCheckpoint {
+        path: Option<PathBuf>,
+        arch: Option<PathBuf>,
+    },
     /// Segment part of a volume.
     Segment {
         ras: Arc<RasVolume>,
@@ -517,31 +530,68 @@ fn serve(
     shared: &Shared,
 ) -> Reply {
     match request {
-        Request::LoadCheckpoint(path) => {
+        Request::LoadCheckpoint { path, arch } => {
             set_task(shared, "loading checkpoint", 0, 1);
-            let (loaded, source) = match &path {
-                Some(p) => (checkpoint::load(p, device), p.display().to_string()),
-                None => (
-                    checkpoint::load_demo(device),
-                    "bundled demo super-net".to_string(),
-                ),
+            let Some(path) = path else {
+                return Reply::Checkpoint(match checkpoint::load_demo(device) {
+                    Ok(ckpt) => {
+                        let space = &ckpt.config.network.space;
+                        let own = ckpt.config.default_arch().and_then(|r| r.ok());
+                        let code = own
+                            .clone()
+                            .or_else(|| crate::arch::preset("dints-paper", space).ok())
+                            .unwrap_or_else(|| ArchCode::empty(space.num_layers, space.num_depths));
+                        let info = ModelInfo {
+                            source: "bundled demo super-net".into(),
+                            path: None,
+                            arch: code,
+                            own_arch: own.is_some(),
+                            monai: None,
+                            config: ckpt.config.clone(),
+                            num_params: ckpt.network.num_params(),
+                            device: device_name.to_string(),
+                        };
+                        *model = Some(Model {
+                            network: ckpt.network,
+                            config: ckpt.config,
+                        });
+                        Ok(info)
+                    }
+                    Err(e) => Err(e.to_string()),
+                });
             };
-            Reply::Checkpoint(match loaded {
-                Ok(ckpt) => {
-                    let info = ModelInfo {
-                        source,
-                        config: ckpt.config.clone(),
-                        num_params: ckpt.network.num_params(),
-                        device: device_name.to_string(),
-                    };
-                    *model = Some(Model {
-                        network: ckpt.network,
-                        config: ckpt.config,
-                    });
-                    Ok(info)
-                }
-                Err(e) => Err(e.to_string()),
-            })
+            let spec = arch.map(crate::monai::open::ArchSpec::File);
+            Reply::Checkpoint(
+                match crate::monai::open::open(&path, spec.as_ref(), device) {
+                    Ok(opened) => {
+                        let monai = match &opened.origin {
+                            crate::monai::open::Origin::Native => None,
+                            crate::monai::open::Origin::Monai(inferred) => {
+                                Some(inferred.scheme.describe().to_string())
+                            }
+                        };
+                        let own_arch = spec.is_some()
+                            || opened.config.arch.is_some()
+                            || matches!(&opened.origin, crate::monai::open::Origin::Monai(i) if i.decoded.is_some());
+                        let info = ModelInfo {
+                            source: path.display().to_string(),
+                            path: Some(path.clone()),
+                            arch: opened.arch,
+                            own_arch,
+                            monai,
+                            config: opened.config.clone(),
+                            num_params: opened.network.num_params(),
+                            device: device_name.to_string(),
+                        };
+                        *model = Some(Model {
+                            network: opened.network,
+                            config: opened.config,
+                        });
+                        Ok(info)
+                    }
+                    Err(e) => Err(e),
+                },
+            )
         }
         Request::Segment {
             ras,

@@ -91,9 +91,14 @@ enum Command {
 struct GuiArgs {
     /// A CT or MR volume to open (.nii, .nii.gz, .hdr/.img).
     volume: Option<PathBuf>,
-    /// A native checkpoint (.safetensors); the bundled demo super-net when omitted.
+    /// A checkpoint: ours (.safetensors) or a MONAI DiNTS state dict (.pt, .pth,
+    /// .safetensors); the bundled demo super-net when omitted.
     #[arg(long)]
     checkpoint: Option<PathBuf>,
+    /// An architecture file (our .json or MONAI's .pth), needed with a MONAI searched
+    /// instance.
+    #[arg(long)]
+    arch: Option<PathBuf>,
     /// A ground-truth label map on the volume's grid.
     #[arg(long)]
     label: Option<PathBuf>,
@@ -148,6 +153,7 @@ fn gui(args: GuiArgs) -> CliResult {
         volume: args.volume,
         label: args.label,
         checkpoint: args.checkpoint,
+        arch: args.arch,
         screenshot: args.screenshot,
         device: args.device,
         window_size: args.window_size,
