@@ -18,11 +18,12 @@ struct Slice {
     opacity: f32,
     // 1: draw only the boundary of each label region.
     outline: u32,
-    // Bit k set: class k is shown (classes 32 and above are always shown).
-    class_mask: u32,
-    _pad: u32,
+    _pad0: u32,
+    _pad1: u32,
     background: vec4<f32>,
-    class_colors: array<vec4<f32>, 32>,
+    // Bit k of the 256-bit mask set: class k is shown (classes 256 and above always are).
+    class_mask: array<vec4<u32>, 2>,
+    class_colors: array<vec4<f32>, 256>,
 };
 
 @group(0) @binding(0) var<uniform> slice: Slice;
@@ -71,14 +72,15 @@ fn visible(label: u32) -> bool {
     if label == 0u {
         return false;
     }
-    if label >= 32u {
+    if label >= 256u {
         return true;
     }
-    return ((slice.class_mask >> label) & 1u) == 1u;
+    let word = slice.class_mask[label / 128u][(label / 32u) % 4u];
+    return ((word >> (label % 32u)) & 1u) == 1u;
 }
 
 fn class_color(label: u32) -> vec3<f32> {
-    return slice.class_colors[min(label, 31u)].rgb;
+    return slice.class_colors[min(label, 255u)].rgb;
 }
 
 fn load_label(which: u32, p: vec2<i32>, size: vec2<i32>) -> u32 {

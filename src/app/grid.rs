@@ -276,13 +276,18 @@ pub fn grid_ui(ui: &mut egui::Ui, editor: &mut ArchEditor) -> GridResponse {
             });
             // A cell whose source node is inactive cannot carry an op.
             let source_active = layer == 0 || inputs[e.source];
-            let mut fill = op_fill(op, dark);
+            let invalid = op.is_some() && !source_active;
+            let mut fill = if invalid {
+                Color32::from_rgb(170, 30, 30)
+            } else {
+                op_fill(op, dark)
+            };
             if response.hovered() {
                 fill = fill.gamma_multiply(1.3);
             }
             let painter = ui.painter();
             painter.rect_filled(rect, 2.0, fill);
-            let border = if op.is_some() && !source_active {
+            let border = if invalid {
                 Stroke::new(2.0, Color32::RED)
             } else {
                 Stroke::new(1.0, level_color(e.target).gamma_multiply(0.8))
@@ -325,13 +330,13 @@ pub fn grid_ui(ui: &mut egui::Ui, editor: &mut ArchEditor) -> GridResponse {
                 out.changed = true;
             }
             response.context_menu(|ui| {
-                if ui.button("off").clicked() {
+                if ui.selectable_label(op.is_none(), "off").clicked() {
                     editor.set(layer, edge, None);
                     out.changed = true;
                     ui.close();
                 }
                 for &o in &space.ops {
-                    if ui.button(o.name()).clicked() {
+                    if ui.selectable_label(op == Some(o), o.name()).clicked() {
                         editor.set(layer, edge, Some(o));
                         out.changed = true;
                         ui.close();

@@ -29,6 +29,9 @@ use worker::{
     Request, Worker,
 };
 
+/// The smallest window (points) in which the panels and the slice views fit.
+pub const MIN_WINDOW: [f32; 2] = [1200.0, 720.0];
+
 /// What to open at start-up.
 #[derive(Clone, Debug, Default)]
 pub struct StartOptions {
@@ -103,6 +106,110 @@ struct LogLine {
     text: String,
 }
 
+/// What a chosen path is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FileAction {
+    /// Any supported file, by its kind.
+    OpenAny,
+    Open(RecentKind),
+    SavePrediction,
+    ExportArch {
+        monai: bool,
+    },
+    ExportFigure7(&'static str),
+}
+
+impl FileAction {
+    fn is_save(self) -> bool {
+        matches!(
+            self,
+            Self::SavePrediction | Self::ExportArch { .. } | Self::ExportFigure7(_)
+        )
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Self::OpenAny => "Open a file",
+            Self::Open(RecentKind::Volume) => "Open a volume",
+            Self::Open(RecentKind::Label) => "Open ground-truth labels",
+            Self::Open(RecentKind::Checkpoint) => "Open a checkpoint",
+            Self::Open(RecentKind::Architecture) => "Import an architecture",
+            Self::SavePrediction => "Save the prediction",
+            Self::ExportArch { monai: false } => "Export the architecture (JSON)",
+            Self::ExportArch { monai: true } => "Export the architecture (MONAI .pth)",
+            Self::ExportFigure7(_) => "Export Figure 7",
+        }
+    }
+
+    fn filter(self) -> (&'static str, &'static [&'static str]) {
+        match self {
+            Self::OpenAny => ("Supported", &[]),
+            Self::Open(RecentKind::Volume | RecentKind::Label) | Self::SavePrediction => {
+                ("NIfTI", &["nii", "gz", "hdr", "img"])
+            }
+            Self::Open(RecentKind::Checkpoint) => ("Checkpoint", &["safetensors", "pt", "pth"]),
+            Self::Open(RecentKind::Architecture) => ("Architecture", &["json", "pth", "pt"]),
+            Self::ExportArch { monai: false } => ("JSON", &["json"]),
+            Self::ExportArch { monai: true } => ("MONAI architecture", &["pth"]),
+            Self::ExportFigure7("png") => ("PNG", &["png"]),
+            Self::ExportFigure7("svg") => ("SVG", &["svg"]),
+            Self::ExportFigure7(_) => ("CSV", &["csv"]),
+        }
+    }
+
+    /// A suggested file name, beside the volume for outputs.
+    fn default_name(self, app: &ExplorerApp) -> Option<String> {
+        let dir = app
+            .volume
+            .as_ref()
+            .and_then(|v| v.path.canonicalize().ok())
+            .and_then(|p| p.parent().map(Path::to_path_buf));
+        let stem = app
+            .volume
+            .as_ref()
+            .and_then(|v| v.path.file_name())
+            .map(|n| {
+                n.to_string_lossy()
+                    .replace(".nii.gz", "")
+                    .replace(".nii", "")
+            });
+        let name = match self {
+            Self::SavePrediction => {
+                format!("{}_prediction.nii.gz", stem.as_deref().unwrap_or("volume"))
+            }
+            Self::ExportArch { monai: false } => "arch.json".into(),
+            Self::ExportArch { monai: true } => "arch_code.pth".into(),
+            Self::ExportFigure7(what) => format!("figure7.{what}"),
+            _ => return None,
+        };
+        Some(match dir {
+            Some(d) if self.is_save() => d.join(name).display().to_string(),
+            _ => name,
+        })
+    }
+}
+
+/// A typed-path request (when native dialogs are unavailable).
+struct PathPrompt {
+    action: FileAction,
+    text: String,
+}
+
+/// Whether rfd can show native dialogs: on Linux and the BSDs it talks to the desktop portal
+/// over the D-Bus session bus.
+fn native_dialogs_available() -> bool {
+    if cfg!(any(
+        target_os = "linux",
+        target_os = "freebsd",
+        target_os = "openbsd",
+        target_os = "netbsd"
+    )) {
+        std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some_and(|v| !v.is_empty())
+    } else {
+        true
+    }
+}
+
 /// Where the start-up sequence is (for `--screenshot` and the first automatic run).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Startup {
@@ -169,6 +276,8 @@ pub struct ExplorerApp {
     previous: Option<Arc<Vec<u16>>>,
     labels_generation: u64,
     last_run: Option<RunSummary>,
+    /// Why the last inference stopped without a result (cancelled, failed).
+    run_note: Option<String>,
     model: Option<ModelInfo>,
     editor: Option<ArchEditor>,
     checkpoint_arch: Option<ArchCode>,
@@ -188,6 +297,8 @@ pub struct ExplorerApp {
     /// Files still to arrive at start-up.
     awaiting: Vec<RecentKind>,
     exit_code: Arc<AtomicI32>,
+    prompt: Option<PathPrompt>,
+    warned_no_dialogs: bool,
     device_note: String,
     random_seed: u64,
 }
@@ -195,6 +306,8 @@ pub struct ExplorerApp {
 struct RunSummary {
     elapsed: Duration,
     region: Region,
+    /// The RAS voxel box that was predicted (start, size).
+    bounds: ([usize; 3], [usize; 3]),
     changed: Option<usize>,
     dice: Option<Vec<f64>>,
     mode: WeightMode,
@@ -237,6 +350,7 @@ impl ExplorerApp {
             previous: None,
             labels_generation: 0,
             last_run: None,
+            run_note: None,
             model: None,
             editor: None,
             checkpoint_arch: None,
@@ -268,6 +382,8 @@ impl ExplorerApp {
             start: start.clone(),
             awaiting: Vec::new(),
             exit_code,
+            prompt: None,
+            warned_no_dialogs: false,
             device_note: String::new(),
             random_seed: 1,
         };
@@ -280,8 +396,16 @@ impl ExplorerApp {
             app.awaiting.push(RecentKind::Volume);
             app.open_volume(path.clone());
         }
-        if start.label.is_some() {
-            app.awaiting.push(RecentKind::Label);
+        if let Some(label) = &start.label {
+            if start.volume.is_some() {
+                app.awaiting.push(RecentKind::Label);
+            } else {
+                app.start.label = None;
+                app.fail_load(format!(
+                    "{}: a label map needs a volume to lie on; open the volume first",
+                    label.display()
+                ));
+            }
         }
         if !has_renderer {
             app.notify(
@@ -398,7 +522,8 @@ impl ExplorerApp {
     }
 
     fn remember(&mut self, kind: RecentKind, path: &Path) {
-        let path = path.to_path_buf();
+        // Absolute, so the entry works from any working directory.
+        let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
         self.settings
             .recent
             .retain(|(k, p)| !(*k == kind && *p == path));
@@ -661,6 +786,12 @@ impl ExplorerApp {
                 "no foreground voxels to sample: only background patches".into(),
             );
         }
+        if bg.is_empty() {
+            self.notify(
+                Level::Warn,
+                "no background voxels inside the body to sample: only foreground patches".into(),
+            );
+        }
         self.request_weights();
     }
 
@@ -690,14 +821,16 @@ impl ExplorerApp {
                             let p = v.path.clone();
                             self.remember(RecentKind::Volume, &p);
                             self.view = Some(VolumeView::new(v.ras.dims));
-                            let preset =
-                                self.settings
-                                    .window_preset
-                                    .unwrap_or(if v.range.0 < -500.0 {
-                                        WindowPreset::Abdomen
-                                    } else {
-                                        WindowPreset::Auto
-                                    });
+                            // Each volume starts from its own data: a CT window for
+                            // Hounsfield-like ranges, else percentiles.
+                            let preset = if v.range.0 < -500.0 && v.range.1 > 200.0 {
+                                WindowPreset::Abdomen
+                            } else {
+                                WindowPreset::Auto
+                            };
+                            self.settings.window_preset = None;
+                            self.settings.display.class_visible =
+                                vec![true; render::SHADER_CLASSES];
                             let (c, w) = preset.window(v.percentiles);
                             self.settings.display.center = c;
                             self.settings.display.width = w;
@@ -746,6 +879,8 @@ impl ExplorerApp {
                             let p = l.path.clone();
                             self.remember(RecentKind::Label, &p);
                             self.truth = Some(l);
+                            self.settings.display.class_visible =
+                                vec![true; render::SHADER_CLASSES];
                             self.labels_generation += 1;
                             if self.prediction.is_none() {
                                 self.settings.display.overlay = OverlaySource::GroundTruth;
@@ -797,6 +932,7 @@ impl ExplorerApp {
                 }
                 Reply::Segmented(result) => match result {
                     Ok(out) => {
+                        self.run_note = None;
                         self.previous = self.prediction.take();
                         self.prediction = Some(Arc::new(out.labels));
                         self.labels_generation += 1;
@@ -806,10 +942,18 @@ impl ExplorerApp {
                         ) {
                             self.settings.display.overlay = OverlaySource::Prediction;
                         }
-                        let whole = self
+                        let whole_region = self
                             .volume
                             .as_ref()
                             .is_some_and(|v| out.region.1 == v.ras.dims);
+                        let whole = whole_region;
+                        if whole && self.roi_run {
+                            self.notify(
+                                Level::Info,
+                                "the ROI is as large as the volume: the whole volume was segmented"
+                                    .into(),
+                            );
+                        }
                         let what = if whole {
                             "whole volume".to_string()
                         } else {
@@ -823,6 +967,7 @@ impl ExplorerApp {
                         }
                         self.notify(Level::Info, msg);
                         self.last_run = Some(RunSummary {
+                            bounds: out.region,
                             elapsed: out.elapsed,
                             region: if whole {
                                 Region::Whole
@@ -835,6 +980,11 @@ impl ExplorerApp {
                         });
                     }
                     Err(e) => {
+                        self.run_note = Some(if e == "cancelled" {
+                            "The last run was cancelled.".to_string()
+                        } else {
+                            format!("The last run failed: {e}")
+                        });
                         if e == "cancelled" {
                             self.notify(Level::Info, "cancelled".into());
                         } else {
@@ -974,6 +1124,10 @@ impl ExplorerApp {
     }
 
     fn handle_shortcuts(&mut self, ctx: &egui::Context) {
+        // A discarded pass repeats the frame's input: act on it once.
+        if ctx.current_pass_index() > 0 {
+            return;
+        }
         let typing = ctx.memory(|m| m.focused().is_some());
         let (undo, redo, open, save, run, run_roi, cancel, help, home) = ctx.input(|i| {
             let cmd = i.modifiers.command;
@@ -1002,10 +1156,10 @@ impl ExplorerApp {
             }
         }
         if open {
-            self.dialog_open(RecentKind::Volume);
+            self.ask_path(FileAction::Open(RecentKind::Volume));
         }
         if save {
-            self.dialog_save_prediction();
+            self.ask_path(FileAction::SavePrediction);
         }
         if run {
             self.run(false);
@@ -1052,46 +1206,61 @@ impl ExplorerApp {
         }
     }
 
-    fn dialog_open(&mut self, kind: RecentKind) {
-        let dialog = rfd::FileDialog::new();
-        let dialog = match kind {
-            RecentKind::Volume | RecentKind::Label => {
-                dialog.add_filter("NIfTI", &["nii", "gz", "hdr", "img"])
+    /// Asks for a path for `action`: the native dialog where a desktop portal can show one,
+    /// else a typed path (a Linux session without D-Bus, such as a remote shell or Xvfb, has
+    /// no portal, and the native dialog would silently show nothing).
+    fn ask_path(&mut self, action: FileAction) {
+        if !native_dialogs_available() {
+            if !self.warned_no_dialogs {
+                self.warned_no_dialogs = true;
+                self.notify(
+                    Level::Warn,
+                    "no desktop portal for native file dialogs (no D-Bus session bus): type \
+                     paths instead"
+                        .into(),
+                );
             }
-            RecentKind::Checkpoint => {
-                dialog.add_filter("Checkpoint", &["safetensors", "pt", "pth"])
+            self.prompt = Some(PathPrompt {
+                action,
+                text: action.default_name(self).unwrap_or_default(),
+            });
+            return;
+        }
+        let mut dialog = rfd::FileDialog::new();
+        let (label, exts) = action.filter();
+        if !exts.is_empty() {
+            dialog = dialog.add_filter(label, exts);
+        }
+        let path = if action.is_save() {
+            if let Some(name) = action.default_name(self) {
+                dialog = dialog.set_file_name(name);
             }
-            RecentKind::Architecture => dialog.add_filter("Architecture", &["json", "pth", "pt"]),
+            dialog.save_file()
+        } else {
+            dialog.pick_file()
         };
-        if let Some(path) = dialog.pick_file() {
-            match kind {
-                RecentKind::Volume => self.open_volume(path),
-                RecentKind::Label => self.open_label(path),
-                RecentKind::Checkpoint => self.open_checkpoint(Some(path)),
-                RecentKind::Architecture => self.open_arch(&path),
-            }
+        if let Some(path) = path {
+            self.complete(action, path);
         }
     }
 
-    fn dialog_save_prediction(&mut self) {
+    /// Does `action` with the chosen path.
+    fn complete(&mut self, action: FileAction, path: PathBuf) {
+        match action {
+            FileAction::OpenAny => self.open_any(path),
+            FileAction::Open(RecentKind::Volume) => self.open_volume(path),
+            FileAction::Open(RecentKind::Label) => self.open_label(path),
+            FileAction::Open(RecentKind::Checkpoint) => self.open_checkpoint(Some(path)),
+            FileAction::Open(RecentKind::Architecture) => self.open_arch(&path),
+            FileAction::SavePrediction => self.save_prediction(path),
+            FileAction::ExportArch { monai } => self.export_arch(path, monai),
+            FileAction::ExportFigure7(what) => self.fig7_export(what, path),
+        }
+    }
+
+    fn save_prediction(&mut self, path: PathBuf) {
         let (Some(v), Some(pred)) = (&self.volume, &self.prediction) else {
             self.notify(Level::Error, "nothing to save: run inference first".into());
-            return;
-        };
-        let stem = v
-            .path
-            .file_name()
-            .map(|n| {
-                n.to_string_lossy()
-                    .replace(".nii.gz", "")
-                    .replace(".nii", "")
-            })
-            .unwrap_or_else(|| "volume".into());
-        let Some(path) = rfd::FileDialog::new()
-            .set_file_name(format!("{stem}_prediction.nii.gz"))
-            .add_filter("NIfTI", &["nii", "gz"])
-            .save_file()
-        else {
             return;
         };
         if self
@@ -1112,34 +1281,23 @@ impl ExplorerApp {
             .save_labels(path, pred.clone(), v.template.clone(), v.orientation);
     }
 
-    fn dialog_export_arch(&mut self, monai: bool) {
+    fn export_arch(&mut self, path: PathBuf, monai: bool) {
         let Some(editor) = &self.editor else {
             return;
         };
         let code = editor.code().clone();
-        let (name, ext) = if monai {
-            ("arch_code.pth", "pth")
+        let result = if monai {
+            arch::write_monai_arch(&path, &code)
         } else {
-            ("arch.json", "json")
+            arch::write_arch_json(&path, &code)
         };
-        if let Some(path) = rfd::FileDialog::new()
-            .set_file_name(name)
-            .add_filter(ext, &[ext])
-            .save_file()
-        {
-            let result = if monai {
-                arch::write_monai_arch(&path, &code)
-            } else {
-                arch::write_arch_json(&path, &code)
-            };
-            match result {
-                Ok(()) => self.notify(Level::Info, format!("wrote {}", path.display())),
-                Err(e) => self.notify(Level::Error, e.to_string()),
-            }
+        match result {
+            Ok(()) => self.notify(Level::Info, format!("wrote {}", path.display())),
+            Err(e) => self.notify(Level::Error, e.to_string()),
         }
     }
 
-    fn fig7_export(&mut self, what: &str) {
+    fn fig7_export(&mut self, what: &str, path: PathBuf) {
         let Some(m) = &self.model else { return };
         let cfg = m.config.network.clone();
         let layers = match Fig7State::parse_layers(&self.fig7.layers_text, cfg.space.num_layers) {
@@ -1148,13 +1306,6 @@ impl ExplorerApp {
                 self.notify(Level::Error, e);
                 return;
             }
-        };
-        let Some(path) = rfd::FileDialog::new()
-            .set_file_name(format!("figure7.{what}"))
-            .add_filter(what, &[what])
-            .save_file()
-        else {
-            return;
         };
         let result = match what {
             "png" => fig7::export_png(&path, &cfg, &self.fig7.results, &layers),
@@ -1171,12 +1322,64 @@ impl ExplorerApp {
         }
     }
 
+    fn prompt_window(&mut self, ctx: &egui::Context) {
+        let Some(prompt) = self.prompt.as_mut() else {
+            return;
+        };
+        let mut done = None;
+        let mut open = true;
+        egui::Window::new(prompt.action.title())
+            .open(&mut open)
+            .collapsible(false)
+            .resizable(false)
+            .anchor(egui::Align2::CENTER_CENTER, Vec2::ZERO)
+            .show(ctx, |ui| {
+                ui.label("Path (absolute, or relative to the folder the app was started in):");
+                let edit = ui.add(
+                    egui::TextEdit::singleline(&mut prompt.text)
+                        .desired_width(520.0)
+                        .hint_text("/path/to/file"),
+                );
+                edit.request_focus();
+                let enter = edit.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+                ui.horizontal(|ui| {
+                    if ui.button("OK").clicked() || enter {
+                        done = Some(true);
+                    }
+                    if ui.button("Cancel").clicked() {
+                        done = Some(false);
+                    }
+                });
+            });
+        if !open {
+            done = Some(false);
+        }
+        match done {
+            Some(true) => {
+                if let Some(p) = self.prompt.take() {
+                    let text = p.text.trim();
+                    if text.is_empty() {
+                        self.notify(Level::Error, "no path given".into());
+                    } else {
+                        self.complete(p.action, PathBuf::from(text));
+                    }
+                }
+            }
+            Some(false) => self.prompt = None,
+            None => {}
+        }
+    }
+
     fn menu_bar(&mut self, ui: &mut egui::Ui) {
         egui::MenuBar::new().ui(ui, |ui| {
             ui.menu_button("File", |ui| {
+                if ui.button("Open any file…  (by its kind)").clicked() {
+                    ui.close();
+                    self.ask_path(FileAction::OpenAny);
+                }
                 if ui.button("Open volume…  (Ctrl+O)").clicked() {
                     ui.close();
-                    self.dialog_open(RecentKind::Volume);
+                    self.ask_path(FileAction::Open(RecentKind::Volume));
                 }
                 if ui
                     .add_enabled(
@@ -1186,11 +1389,11 @@ impl ExplorerApp {
                     .clicked()
                 {
                     ui.close();
-                    self.dialog_open(RecentKind::Label);
+                    self.ask_path(FileAction::Open(RecentKind::Label));
                 }
                 if ui.button("Open checkpoint…").clicked() {
                     ui.close();
-                    self.dialog_open(RecentKind::Checkpoint);
+                    self.ask_path(FileAction::Open(RecentKind::Checkpoint));
                 }
                 if ui.button("Use the bundled demo super-net").clicked() {
                     ui.close();
@@ -1221,14 +1424,14 @@ impl ExplorerApp {
                     .clicked()
                 {
                     ui.close();
-                    self.dialog_save_prediction();
+                    self.ask_path(FileAction::SavePrediction);
                 }
                 if ui
                     .button("Import architecture (JSON or MONAI .pth)…")
                     .clicked()
                 {
                     ui.close();
-                    self.dialog_open(RecentKind::Architecture);
+                    self.ask_path(FileAction::Open(RecentKind::Architecture));
                 }
                 if ui
                     .add_enabled(
@@ -1238,7 +1441,7 @@ impl ExplorerApp {
                     .clicked()
                 {
                     ui.close();
-                    self.dialog_export_arch(false);
+                    self.ask_path(FileAction::ExportArch { monai: false });
                 }
                 if ui
                     .add_enabled(
@@ -1248,7 +1451,7 @@ impl ExplorerApp {
                     .clicked()
                 {
                     ui.close();
-                    self.dialog_export_arch(true);
+                    self.ask_path(FileAction::ExportArch { monai: true });
                 }
                 ui.separator();
                 if ui.button("Quit").clicked() {
@@ -1450,6 +1653,9 @@ impl ExplorerApp {
         } else if self.busy() {
             ui.add(egui::ProgressBar::new(0.0).text("queued"));
         }
+        if let Some(note) = &self.run_note {
+            ui.label(RichText::new(note).color(Color32::from_rgb(230, 170, 40)));
+        }
         if let Some(run) = &self.last_run {
             let region = match run.region {
                 Region::Whole => "whole volume",
@@ -1483,14 +1689,22 @@ impl ExplorerApp {
             }
             if let Some(dice) = &run.dice {
                 let names = &model.config.class_names;
+                let truth_names = self.truth.as_ref().map(|t| &t.names);
                 let text: Vec<String> = dice
                     .iter()
                     .enumerate()
                     .skip(1)
                     .map(|(k, d)| {
+                        let mut name = names.get(k).cloned().unwrap_or(format!("class {k}"));
+                        // Dice pairs classes by index; say so when the names disagree.
+                        if let Some(t) = truth_names.and_then(|n| n.get(&(k as u16)))
+                            && !t.eq_ignore_ascii_case(&name)
+                        {
+                            name = format!("{name} (vs truth label {k} '{t}')");
+                        }
                         format!(
                             "{} {}",
-                            names.get(k).cloned().unwrap_or(format!("class {k}")),
+                            name,
                             if d.is_nan() {
                                 "n/a".into()
                             } else {
@@ -1519,7 +1733,11 @@ impl ExplorerApp {
             let l = ui.label("Patches per group:");
             ui.add(egui::DragValue::new(&mut self.fig7.per_group).range(1..=32))
                 .labelled_by(l.id);
-            ui.checkbox(&mut self.fig7.from_truth, "from ground truth");
+            ui.add_enabled(
+                self.truth.is_some(),
+                egui::Checkbox::new(&mut self.fig7.from_truth, "from ground truth"),
+            )
+            .on_disabled_hover_text("load a ground-truth label map to sample from it");
         });
         ui.horizontal(|ui| {
             if ui
@@ -1555,9 +1773,16 @@ impl ExplorerApp {
         };
         let stale = self.fig7.results_arch.as_ref() != self.arch() && !self.fig7.results.is_empty();
         if stale {
-            ui.label(
-                RichText::new("(weights are being recomputed for the edited architecture)").weak(),
-            );
+            let valid = self
+                .editor
+                .as_ref()
+                .is_some_and(|e| e.problems().is_empty());
+            let note = if valid {
+                "(recomputing the weights for the edited architecture)"
+            } else {
+                "(the plot shows the last valid architecture; the edited one is invalid)"
+            };
+            ui.label(RichText::new(note).color(Color32::from_rgb(230, 170, 40)));
         }
         let fg = self
             .fig7
@@ -1639,7 +1864,7 @@ impl ExplorerApp {
                     )
                     .clicked()
                 {
-                    self.fig7_export(what);
+                    self.ask_path(FileAction::ExportFigure7(what));
                 }
             }
         });
@@ -1665,13 +1890,17 @@ impl ExplorerApp {
         });
         ui.horizontal(|ui| {
             let l = ui.label("Level");
-            ui.add(egui::DragValue::new(&mut d.center).speed(2.0))
-                .labelled_by(l.id);
+            ui.add(
+                egui::DragValue::new(&mut d.center)
+                    .speed(2.0)
+                    .range(-1e7..=1e7),
+            )
+            .labelled_by(l.id);
             let l = ui.label("Width");
             ui.add(
                 egui::DragValue::new(&mut d.width)
                     .speed(2.0)
-                    .range(0.001..=1e6),
+                    .range(0.001..=1e7),
             )
             .labelled_by(l.id);
         });
@@ -1701,25 +1930,51 @@ impl ExplorerApp {
             .map(|t| t.names.clone())
             .unwrap_or_default();
         // Prediction classes take the checkpoint's names; other labels the label file's.
+        // Where both name one index differently (Dice compares by index), both are shown.
         let class_name = |k: usize| -> String {
-            names
-                .get(k)
-                .cloned()
-                .or_else(|| truth_names.get(&(k as u16)).cloned())
-                .unwrap_or_else(|| format!("label {k}"))
+            match (names.get(k), truth_names.get(&(k as u16))) {
+                (Some(a), Some(b)) if !a.eq_ignore_ascii_case(b) => format!("{a} | truth: {b}"),
+                (Some(a), _) => a.clone(),
+                (None, Some(b)) => b.clone(),
+                (None, None) => format!("label {k}"),
+            }
         };
-        let max_label = self
-            .truth
-            .as_ref()
-            .map_or(0, |t| t.max_label as usize)
-            .max(names.len().saturating_sub(1));
+        // The checkpoint's classes and the labels present in the ground truth.
+        let mut listed: Vec<usize> = (1..names.len()).collect();
+        if let Some(t) = &self.truth {
+            listed.extend(t.present.iter().map(|&l| l as usize).filter(|&l| l > 0));
+        }
+        listed.sort_unstable();
+        listed.dedup();
+        listed.retain(|&k| k < render::SHADER_CLASSES);
         ui.horizontal_wrapped(|ui| {
-            for k in 1..=max_label.min(render::SHADER_CLASSES - 1) {
+            for k in listed {
                 let name = class_name(k);
                 let c = view::class_color(k);
-                ui.checkbox(&mut d.class_visible[k], RichText::new(name).color(c));
+                ui.horizontal(|ui| {
+                    let (rect, _) = ui.allocate_exact_size(Vec2::splat(10.0), egui::Sense::hover());
+                    ui.painter().rect_filled(rect, 2.0, c);
+                    ui.checkbox(&mut d.class_visible[k], name);
+                });
             }
         });
+        if matches!(
+            d.overlay,
+            OverlaySource::DiffTruth | OverlaySource::DiffPrevious
+        ) {
+            let other = if d.overlay == OverlaySource::DiffTruth {
+                "truth"
+            } else {
+                "previous run"
+            };
+            ui.label(
+                RichText::new(format!(
+                    "red: only this prediction labels the voxel · blue: only the {other} does · \
+                     yellow: both, as different classes"
+                ))
+                .small(),
+            );
+        }
         // Cursor readout.
         ui.separator();
         if let (Some(v), Some(p)) = (
@@ -1771,6 +2026,11 @@ impl ExplorerApp {
             previous: self.previous.as_deref().map(|p| p.as_slice()),
             generation: self.labels_generation,
         };
+        let roi_box = self
+            .last_run
+            .as_ref()
+            .filter(|r| matches!(r.region, Region::Roi(_)))
+            .map(|r| r.bounds);
         let mut hovered = None;
         let mut picked = None;
         let Some(state) = self.view.as_mut() else {
@@ -1787,6 +2047,7 @@ impl ExplorerApp {
                     labels,
                     display: &mut self.settings.display,
                     has_renderer: self.has_renderer,
+                    roi_box,
                 },
             );
             hovered = hovered.or(out.hovered);
@@ -1902,6 +2163,15 @@ const HELP: &[(&str, &str)] = &[
         "drop files",
         "volumes, label maps, checkpoints, architecture JSON",
     ),
+    (
+        "Figure 7: click a slice",
+        "with Pick by clicking on: add a foreground patch there",
+    ),
+    ("Figure 7: Shift+click", "add a background patch there"),
+    (
+        "File > Open any file",
+        "open by kind; a typed path where no native dialog exists",
+    ),
     ("F1", "this window"),
 ];
 
@@ -1963,6 +2233,23 @@ pub fn encode_png(
 }
 
 impl eframe::App for ExplorerApp {
+    fn raw_input_hook(&mut self, _ctx: &egui::Context, raw_input: &mut egui::RawInput) {
+        // A screenshot shows the window as laid out, not hover effects of wherever the
+        // (virtual) pointer happens to rest.
+        if self.start.screenshot.is_some() {
+            raw_input.events.retain(|e| {
+                !matches!(
+                    e,
+                    egui::Event::PointerMoved(_)
+                        | egui::Event::MouseMoved(_)
+                        | egui::Event::PointerButton { .. }
+                        | egui::Event::MouseWheel { .. }
+                )
+            });
+            raw_input.events.push(egui::Event::PointerGone);
+        }
+    }
+
     fn logic(&mut self, ctx: &egui::Context, _frame: &mut eframe::Frame) {
         self.handle_replies(ctx);
     }
@@ -2005,10 +2292,15 @@ impl eframe::App for ExplorerApp {
         egui::Panel::right("fig7")
             .resizable(true)
             .default_size(440.0)
-            .show(ui, |ui| self.fig7_panel(ui));
+            .show(ui, |ui| {
+                egui::ScrollArea::vertical()
+                    .id_salt("fig7-scroll")
+                    .show(ui, |ui| self.fig7_panel(ui));
+            });
         egui::CentralPanel::default().show(ui, |ui| self.central(ui));
         self.toasts(&ctx);
         self.help_window(&ctx);
+        self.prompt_window(&ctx);
         // Poll while work runs so progress shows even between worker wake-ups.
         if self.busy() {
             ctx.request_repaint_after(Duration::from_millis(200));
@@ -2033,9 +2325,10 @@ pub fn run_native(start: StartOptions) -> Result<i32, String> {
         viewport: egui::ViewportBuilder::default()
             .with_title("HyperSegNAS Explorer")
             .with_inner_size(size)
-            .with_min_inner_size([900.0, 600.0])
+            .with_min_inner_size(MIN_WINDOW)
             .with_drag_and_drop(true),
-        persist_window: start.screenshot.is_none(),
+        // A size from the command line (or a screenshot) wins over the saved one.
+        persist_window: start.screenshot.is_none() && start.window_size.is_none(),
         ..Default::default()
     };
     let code = exit_code.clone();

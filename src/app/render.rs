@@ -23,7 +23,7 @@ pub fn upload_count() -> usize {
 }
 
 /// Number of class colours the shader knows; higher labels reuse the last colour.
-pub const SHADER_CLASSES: usize = 32;
+pub const SHADER_CLASSES: usize = 256;
 
 /// The uniform block of `slice.wgsl`, byte for byte.
 #[repr(C)]
@@ -37,9 +37,11 @@ pub struct SliceUniforms {
     pub overlay: u32,
     pub opacity: f32,
     pub outline: u32,
-    pub class_mask: u32,
-    pub _pad: u32,
+    pub _pad0: u32,
+    pub _pad1: u32,
     pub background: [f32; 4],
+    /// Bit k (word k / 32): class k is shown.
+    pub class_mask: [u32; SHADER_CLASSES / 32],
     pub class_colors: [[f32; 4]; SHADER_CLASSES],
 }
 

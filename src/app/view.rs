@@ -174,8 +174,12 @@ pub fn class_color(label: usize) -> Color32 {
     ];
     if label == 0 {
         Color32::TRANSPARENT
+    } else if label <= PALETTE.len() {
+        PALETTE[label - 1]
     } else {
-        PALETTE[(label - 1) % PALETTE.len()]
+        // Golden-angle hues keep neighbouring labels apart.
+        let hue = (label as f32 * 0.618_034).fract();
+        egui::ecolor::Hsva::new(hue, 0.75, 0.95, 1.0).into()
     }
 }
 
@@ -331,6 +335,8 @@ pub struct ViewInputs<'a> {
     pub labels: Labels<'a>,
     pub display: &'a mut DisplaySettings,
     pub has_renderer: bool,
+    /// The RAS voxel box of the last ROI run (start, size), outlined where the slice cuts it.
+    pub roi_box: Option<([usize; 3], [usize; 3])>,
 }
 
 /// Draws view `view` in `rect` and handles its mouse and keyboard input.
@@ -408,7 +414,10 @@ pub fn view_ui(
     if response.dragged_by(egui::PointerButton::Middle) {
         state.views[view].pan += response.drag_delta();
     }
-    if response.hovered() {
+    // Wheel and keys act once per frame: egui may run a frame's ui twice (a discarded pass)
+    // with the same input.
+    let first_pass = ui.ctx().current_pass_index() == 0;
+    if response.hovered() && first_pass {
         // Wheel: one slice per notch; with Ctrl (Cmd), zoom.
         let wheel: Vec<(f32, bool)> = ui.input(|i| {
             i.raw
@@ -422,16 +431,21 @@ pub fn view_ui(
                 })
                 .collect()
         });
-        for (dy, zoom) in wheel {
-            if dy == 0.0 {
-                continue;
-            }
-            if zoom {
-                let v = &mut state.views[view];
-                v.zoom = (v.zoom * (dy.clamp(-3.0, 3.0) * 0.15).exp()).clamp(0.2, 40.0);
-            } else {
-                state.step(fixed, dy.signum() as isize, dims);
-            }
+        // Some X servers report one notch as two events; at most one slice per frame keeps
+        // every slice reachable.
+        let (zoom_dy, slice_dy) =
+            wheel.iter().fold(
+                (0.0, 0.0),
+                |(z, s), &(dy, zoom)| {
+                    if zoom { (z + dy, s) } else { (z, s + dy) }
+                },
+            );
+        if zoom_dy != 0.0 {
+            let v = &mut state.views[view];
+            v.zoom = (v.zoom * (zoom_dy.clamp(-3.0, 3.0) * 0.15).exp()).clamp(0.2, 40.0);
+        }
+        if slice_dy != 0.0 {
+            state.step(fixed, slice_dy.signum() as isize, dims);
         }
         let keys = ui.input(|i| {
             [
@@ -469,14 +483,15 @@ pub fn view_ui(
 
     // Drawing.
     let painter = ui.painter_at(rect);
-    let bg = ui.visuals().extreme_bg_color;
+    // Images read best on black whatever the theme.
+    let bg = Color32::from_gray(12);
     painter.rect_filled(rect, 0.0, bg);
     let overlay = inputs.display.overlay;
     let images = state.slice_images(view, ras, &inputs.labels, overlay);
     if inputs.has_renderer {
         let d = &*inputs.display;
         let mut class_colors = [[0.0f32; 4]; SHADER_CLASSES];
-        let mut class_mask = 0u32;
+        let mut class_mask = [0u32; SHADER_CLASSES / 32];
         for (k, c) in class_colors.iter_mut().enumerate() {
             let color = class_color(k);
             *c = [
@@ -486,7 +501,7 @@ pub fn view_ui(
                 1.0,
             ];
             if d.class_visible.get(k).copied().unwrap_or(true) {
-                class_mask |= 1 << k;
+                class_mask[k / 32] |= 1 << (k % 32);
             }
         }
         let background = bg.to_normalized_gamma_f32();
@@ -515,7 +530,8 @@ pub fn view_ui(
             opacity: d.opacity,
             outline: d.outline as u32,
             class_mask,
-            _pad: 0,
+            _pad0: 0,
+            _pad1: 0,
             background,
             class_colors,
         };
@@ -565,16 +581,46 @@ pub fn view_ui(
         stroke,
     );
 
+    // The last ROI run's box, where this slice cuts it.
+    if let Some((start, size)) = inputs.roi_box
+        && (start[fixed]..start[fixed] + size[fixed]).contains(&state.crosshair[fixed])
+    {
+        let px = |axis: usize, v: usize, extent: f32, origin: f32| {
+            origin + (dims[axis] - v) as f32 * extent / dims[axis] as f32
+        };
+        let x0 = px(
+            col,
+            start[col] + size[col],
+            image_rect.width(),
+            image_rect.min.x,
+        );
+        let x1 = px(col, start[col], image_rect.width(), image_rect.min.x);
+        let y0 = px(
+            row,
+            start[row] + size[row],
+            image_rect.height(),
+            image_rect.min.y,
+        );
+        let y1 = px(row, start[row], image_rect.height(), image_rect.min.y);
+        clip.rect_stroke(
+            Rect::from_min_max(Pos2::new(x0, y0), Pos2::new(x1, y1)),
+            0.0,
+            Stroke::new(1.5, Color32::from_rgb(0, 220, 255)),
+            egui::StrokeKind::Middle,
+        );
+    }
+
     // Title and orientation letters.
-    let text = ui.visuals().text_color();
+    let text = Color32::from_gray(220);
     painter.text(
         rect.min + Vec2::new(4.0, 1.0),
         egui::Align2::LEFT_TOP,
         format!(
-            "{}  {}/{}",
+            "{}  {} = {} (0..{})",
             VIEW_NAMES[view],
-            state.crosshair[fixed] + 1,
-            dims[fixed]
+            ["x", "y", "z"][fixed],
+            state.crosshair[fixed],
+            dims[fixed] - 1
         ),
         egui::FontId::proportional(12.0),
         text,

@@ -48,6 +48,8 @@ pub struct LoadedLabel {
     pub labels: Arc<Vec<u16>>,
     /// Largest label value present.
     pub max_label: u16,
+    /// The label values present, ascending (background included when present).
+    pub present: Vec<u16>,
     /// Names by label value, from the file's label table (a Caret XML `LabelTable` header
     /// extension, as TotalSegmentator writes), when it has one.
     pub names: std::collections::BTreeMap<u16, String>,
@@ -390,7 +392,13 @@ fn read_label(path: &std::path::Path, image: Arc<RasVolume>) -> Result<LoadedLab
         max_label = max_label.max(l);
         labels.push(l);
     }
+    let mut seen = vec![false; max_label as usize + 1];
+    for &l in &labels {
+        seen[l as usize] = true;
+    }
+    let present = (0..=max_label).filter(|&l| seen[l as usize]).collect();
     Ok(LoadedLabel {
+        present,
         image,
         path: path.to_path_buf(),
         labels: Arc::new(labels),
@@ -539,7 +547,9 @@ fn serve(
                         let own = ckpt.config.default_arch().and_then(|r| r.ok());
                         let code = own
                             .clone()
-                            .or_else(|| crate::arch::preset("dints-paper", space).ok())
+                            // The same default as `segment`: the super-net's own code, else
+                            // every edge on.
+                            .or_else(|| crate::arch::preset("all-conv", space).ok())
                             .unwrap_or_else(|| ArchCode::empty(space.num_layers, space.num_depths));
                         let info = ModelInfo {
                             source: "bundled demo super-net".into(),

@@ -400,7 +400,8 @@ impl ArchCode {
     }
 
     /// The list behind [`ArchCode::validate`] (empty when the code is valid). Assumes the
-    /// sizes match.
+    /// sizes match. Layers and edges are numbered from 1 in the messages (row `layer - 1`,
+    /// column `edge - 1` of MONAI's matrices).
     pub fn problems(&self, space: &SearchSpace) -> Vec<String> {
         let mut problems = Vec::new();
         let edges = self.num_edges();
@@ -413,8 +414,10 @@ impl ArchCode {
                 let e = edge_at(edge);
                 if space.op_slot(op).is_none() {
                     problems.push(format!(
-                        "layer {layer} edge {edge} ({}->{}) uses {op}, which is not in the \
-                         search space's ops ({})",
+                        "layer {} edge {} ({}->{}) uses {op}, which is not in the search \
+                         space's ops ({})",
+                        layer + 1,
+                        edge + 1,
                         e.source,
                         e.target,
                         op_list(&space.ops)
@@ -422,12 +425,14 @@ impl ArchCode {
                 }
                 if layer > 0 && !inputs[e.source] {
                     problems.push(format!(
-                        "layer {layer} edge {edge} ({}->{}) leaves level {} which no edge of \
-                         layer {} feeds: turn the edge off or activate an edge into level {}",
+                        "layer {} edge {} ({}->{}) leaves level {} which no edge of layer {} \
+                         feeds: turn the edge off or activate an edge into level {}",
+                        layer + 1,
+                        edge + 1,
                         e.source,
                         e.target,
                         e.source,
-                        layer - 1,
+                        layer,
                         e.source
                     ));
                 }
@@ -436,7 +441,7 @@ impl ArchCode {
         if self.num_layers > 0 && !node_a[self.num_layers].iter().any(|&a| a) {
             problems.push(format!(
                 "the last layer ({}) has no active edge, so the head has no input",
-                self.num_layers - 1
+                self.num_layers
             ));
         }
         problems

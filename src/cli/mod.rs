@@ -122,10 +122,17 @@ fn parse_size(text: &str) -> Result<[f32; 2], String> {
         s.trim()
             .parse::<f32>()
             .ok()
-            .filter(|v| (200.0..=10000.0).contains(v))
-            .ok_or_else(|| format!("'{s}' is not a size between 200 and 10000"))
+            .filter(|v| (100.0..=10000.0).contains(v))
+            .ok_or_else(|| format!("'{s}' is not a size in points"))
     };
-    Ok([parse(w)?, parse(h)?])
+    let size = [parse(w)?, parse(h)?];
+    let [min_w, min_h] = hypersegnas::app::MIN_WINDOW;
+    if size[0] < min_w || size[1] < min_h {
+        return Err(format!(
+            "{text}: the window needs at least {min_w}x{min_h} points for its panels"
+        ));
+    }
+    Ok(size)
 }
 
 fn gui(args: GuiArgs) -> CliResult {
@@ -137,7 +144,18 @@ fn gui(args: GuiArgs) -> CliResult {
                 path.display()
             )));
         }
-        for input in [&args.volume, &args.label, &args.checkpoint]
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => std::path::Path::new("."),
+        };
+        if !parent.is_dir() {
+            return Err(Failure::Input(format!(
+                "{}: the folder {} does not exist",
+                path.display(),
+                parent.display()
+            )));
+        }
+        for input in [&args.volume, &args.label, &args.checkpoint, &args.arch]
             .into_iter()
             .flatten()
         {
