@@ -300,3 +300,74 @@ fn a_monai_instance_opens_with_its_architecture_file() {
     assert!(blocker.contains("no weights"), "{blocker}");
     assert!(h.get_by_label("Run").accesskit_node().is_disabled());
 }
+
+#[test]
+fn saving_the_prediction_writes_a_label_map_and_never_an_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = start_with_phantom(dir.path());
+    let image = dir.path().join("phantom_ct.nii.gz");
+    let truth = dir.path().join("phantom_seg.nii.gz");
+    let before = (
+        std::fs::read(&image).unwrap(),
+        std::fs::read(&truth).unwrap(),
+    );
+
+    // Over the volume and over the ground truth: refused, both files unchanged.
+    for input in [&image, &truth] {
+        h.state_mut().save_prediction(input.clone());
+        h.run_steps(2);
+        std::thread::sleep(Duration::from_millis(500));
+        h.run_steps(2);
+    }
+    assert_eq!(std::fs::read(&image).unwrap(), before.0);
+    assert_eq!(std::fs::read(&truth).unwrap(), before.1);
+
+    // A new file: the prediction on the volume's own grid.
+    let out = dir.path().join("pred.nii.gz");
+    h.state_mut().save_prediction(out.clone());
+    let started = Instant::now();
+    while !out.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no file written"
+        );
+        h.step();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let saved = volume::read_volume(&out).unwrap();
+    assert_eq!(saved.dims, [48, 48, 48]);
+    let predicted = h.state().prediction().unwrap();
+    let saved_labels: Vec<u16> = saved.data.iter().map(|&v| v as u16).collect();
+    assert_eq!(
+        saved_labels, predicted,
+        "an RAS phantom keeps its voxel order"
+    );
+}
+
+#[test]
+fn without_native_dialogs_a_typed_path_opens_a_volume() {
+    if std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some_and(|v| !v.is_empty()) {
+        eprintln!("skipping: a D-Bus session exists, so the native dialog would be used");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (image, _) = write_phantom(dir.path());
+    let mut h = harness(StartOptions {
+        device: Some(DeviceChoice::Cpu),
+        ..Default::default()
+    });
+    wait_for(&mut h, "the checkpoint", |app| {
+        app.model_info().is_some() && !app.busy()
+    });
+    h.get_by_label("File").click();
+    h.run_steps(2);
+    h.get_by_label("Open volume…  (Ctrl+O)").click();
+    h.run_steps(2);
+    h.get_by_label_contains("Path (absolute")
+        .type_text(image.to_str().unwrap());
+    h.run_steps(1);
+    h.get_by_label("OK").click();
+    wait_for(&mut h, "the typed volume", |app| {
+        app.volume_dims() == Some([48, 48, 48])
+    });
+}

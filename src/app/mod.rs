@@ -1258,7 +1258,9 @@ impl ExplorerApp {
         }
     }
 
-    fn save_prediction(&mut self, path: PathBuf) {
+    /// Writes the prediction to `path` on the volume's stored grid, in the background (what
+    /// File > Save prediction does once a path is chosen). Never replaces an input.
+    pub fn save_prediction(&mut self, path: PathBuf) {
         let (Some(v), Some(pred)) = (&self.volume, &self.prediction) else {
             self.notify(Level::Error, "nothing to save: run inference first".into());
             return;
@@ -1334,12 +1336,15 @@ impl ExplorerApp {
             .resizable(false)
             .anchor(egui::Align2::CENTER_CENTER, Vec2::ZERO)
             .show(ctx, |ui| {
-                ui.label("Path (absolute, or relative to the folder the app was started in):");
-                let edit = ui.add(
-                    egui::TextEdit::singleline(&mut prompt.text)
-                        .desired_width(520.0)
-                        .hint_text("/path/to/file"),
-                );
+                let label =
+                    ui.label("Path (absolute, or relative to the folder the app was started in):");
+                let edit = ui
+                    .add(
+                        egui::TextEdit::singleline(&mut prompt.text)
+                            .desired_width(520.0)
+                            .hint_text("/path/to/file"),
+                    )
+                    .labelled_by(label.id);
                 edit.request_focus();
                 let enter = edit.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
                 ui.horizontal(|ui| {
