@@ -116,8 +116,11 @@ struct InitArgs {
 #[derive(clap::Args)]
 struct ArchArgs {
     /// Preset: all-conv, dints-paper, unet, random-SEED.
+    #[arg(long, required_unless_present = "from", conflicts_with = "from")]
+    preset: Option<String>,
+    /// Read the code from a file instead (our JSON or MONAI's arch .pth).
     #[arg(long)]
-    preset: String,
+    from: Option<PathBuf>,
     /// Search space: `hypersegnas` (skip, conv) or `dints` (five ops).
     #[arg(long, default_value = "hypersegnas")]
     space: String,
@@ -130,6 +133,10 @@ struct ArchArgs {
     /// Output JSON file; without it the grid is only printed.
     #[arg(long, short)]
     output: Option<PathBuf>,
+    /// Also write MONAI's architecture file (a torch.save'd dict of numpy arrays node_a,
+    /// arch_code_a, arch_code_c; load with torch.load(path, weights_only=False)).
+    #[arg(long)]
+    export_monai: Option<PathBuf>,
 }
 
 /// Parses the command line, runs the command and turns failures into exit codes.
@@ -260,11 +267,32 @@ fn arch_command(args: ArchArgs) -> CliResult {
             )));
         }
     };
-    let code: ArchCode = input(arch::preset(&args.preset, &space))?;
+    let code: ArchCode = match (&args.preset, &args.from) {
+        (Some(name), _) => input(arch::preset(name, &space))?,
+        (None, Some(path)) => input(hypersegnas::monai::open::read_arch_file(path))?,
+        (None, None) => return Err(Failure::Input("pass --preset or --from".into())),
+    };
     print!("{}", code.to_grid_string());
+    let sources: Vec<&PathBuf> = args.from.iter().collect();
+    for out in args.output.iter().chain(&args.export_monai) {
+        if sources
+            .iter()
+            .any(|s| hypersegnas::fsutil::same_file(out, s))
+        {
+            return Err(Failure::Input(format!(
+                "{}: refusing to overwrite an input file",
+                out.display()
+            )));
+        }
+    }
     if let Some(path) = args.output {
         input(arch::write_arch_json(&path, &code))?;
         println!("wrote {}", path.display());
+    }
+    if let Some(path) = args.export_monai {
+        let written = hypersegnas::monai::export::write_arch_pth(&path, &code);
+        input(written.map_err(|e| format!("{}: {e}", path.display())))?;
+        println!("wrote {} (MONAI architecture file)", path.display());
     }
     Ok(())
 }
