@@ -14,7 +14,7 @@ fn monai_arch_files_round_trip() {
     ] {
         let code = arch::preset(name, &space).unwrap();
         let path = dir.path().join(format!("{name}.pth"));
-        arch::write_monai_arch(&path, &code).unwrap();
+        hypersegnas::monai::export::write_arch_pth(&path, &code).unwrap();
         let back = hypersegnas::monai::import::read_arch_pth(&path).unwrap();
         assert_eq!(
             back, code,

@@ -465,3 +465,51 @@ fn read_labels(path: &Path) -> Vec<u8> {
     assert!(header.contains("'|u1'"), "{header}");
     bytes[10 + header_len..].to_vec()
 }
+
+#[test]
+fn segment_cli_runs_a_monai_checkpoint_with_the_pancreas_pipeline() {
+    let Some(ct) = common::data_file("totalsegmentator/tests/reference_files/example_ct_sm.nii.gz")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("mask.nii.gz");
+    let output = bin()
+        .arg("segment")
+        .arg(&ct)
+        .arg("--checkpoint")
+        .arg(fixture("pancreas_pipeline.pt"))
+        .arg("--arch")
+        .arg(fixture("pancreas_pipeline_arch.pth"))
+        .args([
+            "--pipeline",
+            "monai-pancreas",
+            "--device",
+            "cpu",
+            "--batch",
+            "4",
+        ])
+        // 16 windows instead of the pipeline's 63 keep the test short; the pipeline's own
+        // overlap is covered by the parity test above.
+        .args(["--overlap", "0"])
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // The label map lies on the input's grid, and the MONAI network's classes are named.
+    let mask = hypersegnas::volume::read_volume(&out).unwrap();
+    let input = hypersegnas::volume::read_volume(&ct).unwrap();
+    assert_eq!(mask.dims, input.dims);
+    assert!(stdout.contains("class_2"), "{stdout}");
+    assert!(
+        mask.data
+            .iter()
+            .all(|&v| v == v.round() && (0.0..3.0).contains(&v))
+    );
+}

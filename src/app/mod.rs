@@ -1289,13 +1289,14 @@ impl ExplorerApp {
         };
         let code = editor.code().clone();
         let result = if monai {
-            arch::write_monai_arch(&path, &code)
+            crate::monai::export::write_arch_pth(&path, &code)
+                .map_err(|e| format!("{}: {e}", path.display()))
         } else {
-            arch::write_arch_json(&path, &code)
+            arch::write_arch_json(&path, &code).map_err(|e| e.to_string())
         };
         match result {
             Ok(()) => self.notify(Level::Info, format!("wrote {}", path.display())),
-            Err(e) => self.notify(Level::Error, e.to_string()),
+            Err(e) => self.notify(Level::Error, e),
         }
     }
 

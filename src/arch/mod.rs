@@ -8,12 +8,10 @@
 
 mod json;
 mod presets;
-mod pth;
 mod sample;
 
 pub use json::{ArchFile, read_arch_json, write_arch_json};
 pub use presets::{PRESET_NAMES, preset};
-pub use pth::{monai_arch_bytes, write_monai_arch};
 pub use sample::{count_valid, sample_uniform, sample_with};
 
 use std::fmt;

@@ -221,7 +221,7 @@ struct ArchArgs {
     /// Preset: all-conv, dints-paper, unet, random-SEED.
     #[arg(long, required_unless_present = "from", conflicts_with = "from")]
     preset: Option<String>,
-    /// Convert this architecture file (our JSON) instead of a preset.
+    /// Read the code from a file instead (our JSON or MONAI's arch .pth).
     #[arg(long)]
     from: Option<PathBuf>,
     /// Search space: `hypersegnas` (skip, conv) or `dints` (five ops).
@@ -238,6 +238,10 @@ struct ArchArgs {
     /// printed.
     #[arg(long, short)]
     output: Option<PathBuf>,
+    /// Also write MONAI's architecture file (a torch.save'd dict of numpy arrays node_a,
+    /// arch_code_a, arch_code_c; load with torch.load(path, weights_only=False)).
+    #[arg(long)]
+    export_monai: Option<PathBuf>,
 }
 
 /// Parses the command line, runs the command and turns failures into exit codes.
@@ -369,26 +373,29 @@ fn arch_command(args: ArchArgs) -> CliResult {
             )));
         }
     };
-    let code: ArchCode = match (&args.from, &args.preset) {
-        (Some(file), _) => input(arch::read_arch_json(file))?,
-        (None, Some(name)) => input(arch::preset(name, &space))?,
-        (None, None) => return Err(Failure::Input("give --preset or --from".into())),
+    let code: ArchCode = match (&args.preset, &args.from) {
+        (Some(name), _) => input(arch::preset(name, &space))?,
+        (None, Some(path)) => input(hypersegnas::monai::open::read_arch_file(path))?,
+        (None, None) => return Err(Failure::Input("pass --preset or --from".into())),
     };
     print!("{}", code.to_grid_string());
-    if let Some(path) = args.output {
-        if args
-            .from
-            .as_ref()
-            .is_some_and(|from| hypersegnas::fsutil::same_file(from, &path))
+    let sources: Vec<&PathBuf> = args.from.iter().collect();
+    for out in args.output.iter().chain(&args.export_monai) {
+        if sources
+            .iter()
+            .any(|s| hypersegnas::fsutil::same_file(out, s))
         {
             return Err(Failure::Input(format!(
-                "{}: is the input; choose another output",
-                path.display()
+                "{}: refusing to overwrite an input file",
+                out.display()
             )));
         }
+    }
+    if let Some(path) = args.output {
         let name = path.to_string_lossy().to_ascii_lowercase();
         if name.ends_with(".pth") || name.ends_with(".pt") {
-            input(arch::write_monai_arch(&path, &code))?;
+            let written = hypersegnas::monai::export::write_arch_pth(&path, &code);
+            input(written.map_err(|e| format!("{}: {e}", path.display())))?;
         } else if name.ends_with(".json") {
             input(arch::write_arch_json(&path, &code))?;
         } else {
@@ -398,6 +405,11 @@ fn arch_command(args: ArchArgs) -> CliResult {
             )));
         }
         println!("wrote {}", path.display());
+    }
+    if let Some(path) = args.export_monai {
+        let written = hypersegnas::monai::export::write_arch_pth(&path, &code);
+        input(written.map_err(|e| format!("{}: {e}", path.display())))?;
+        println!("wrote {} (MONAI architecture file)", path.display());
     }
     Ok(())
 }

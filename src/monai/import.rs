@@ -121,10 +121,14 @@ pub fn infer(sd: &StateDict) -> Result<Inferred, ImportError> {
         .count();
     let use_downsample = shape("stem_down.0.mod.4.weight").is_some();
     let mut filters: Vec<Option<usize>> = (0..depths)
-        .map(|d| shape(&format!("stem_down.{d}.mod.1.weight")).map(|s| s[0]))
+        .map(|d| {
+            let key = format!("stem_down.{d}.mod.1.weight");
+            shape(&key).and_then(|s| s.first().copied())
+        })
         .collect();
     filters.push(if use_downsample {
-        shape(&format!("stem_down.{}.mod.4.weight", depths - 1)).map(|s| s[0])
+        let key = format!("stem_down.{}.mod.4.weight", depths - 1);
+        shape(&key).and_then(|s| s.first().copied())
     } else {
         None
     });

@@ -7,9 +7,11 @@
 //!   and numpy arrays inside MONAI's architecture files.
 //! - [`import`]: shape inference, the three key layouts, loading into our network.
 //! - [`decode`]: MONAI's decoding of a search-space checkpoint's `log_alpha` parameters.
+//! - [`export`]: writing MONAI's architecture file.
 //! - [`npy`]: raw `.npy` patches and logits for `hypersegnas forward`.
 
 pub mod decode;
+pub mod export;
 pub mod import;
 pub mod npy;
 pub mod open;

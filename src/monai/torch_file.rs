@@ -513,6 +513,17 @@ pub struct Array {
 
 /// Reads the numpy array (or tensor) `value` of an archive.
 pub fn array_of(archive: &TorchArchive, value: &Value) -> Result<Array, String> {
+    array_at_depth(archive, value, 0)
+}
+
+/// Nested lists deeper than this are refused (a crafted pickle can even make a list that
+/// contains itself).
+const MAX_NESTING: usize = 16;
+
+fn array_at_depth(archive: &TorchArchive, value: &Value, depth: usize) -> Result<Array, String> {
+    if depth > MAX_NESTING {
+        return Err(format!("lists nested deeper than {MAX_NESTING} levels"));
+    }
     match value {
         Value::Tensor(t) => {
             let dtype = archive.check_tensor(t)?;
@@ -540,7 +551,7 @@ pub fn array_of(archive: &TorchArchive, value: &Value) -> Result<Array, String> 
                         shape: vec![],
                         values: vec![*b as u8 as f64],
                     },
-                    other => array_of(archive, other)?,
+                    other => array_at_depth(archive, other, depth + 1)?,
                 });
             }
             let inner = rows.first().map(|r| r.shape.clone()).unwrap_or_default();

@@ -241,27 +241,42 @@ fn parse_central_entry(dir: &[u8], at: &mut usize) -> Option<ZipEntry> {
 mod tests {
     use super::*;
 
-    /// A stored archive with the given entries, written by hand (the layout of APPNOTE 4.3).
-    pub(crate) fn stored_zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    fn stored_zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        write_zip(entries, false)
+    }
+
+    /// An archive with the given entries, written by hand (the layout of APPNOTE 4.3),
+    /// stored or deflated.
+    fn write_zip(entries: &[(&str, &[u8])], deflate: bool) -> Vec<u8> {
+        use std::io::Write;
         let mut out = Vec::new();
         let mut central = Vec::new();
+        let method: u8 = if deflate { 8 } else { 0 };
         for (name, data) in entries {
+            let packed = if deflate {
+                let mut enc =
+                    flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+                enc.write_all(data).unwrap();
+                enc.finish().unwrap()
+            } else {
+                data.to_vec()
+            };
             let offset = out.len() as u32;
             let crc = 0u32; // Not checked by the reader.
             out.extend(LOCAL_SIGNATURE.to_le_bytes());
-            out.extend([20, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+            out.extend([20, 0, 0, 0, method, 0, 0, 0, 0, 0]);
             out.extend(crc.to_le_bytes());
-            out.extend((data.len() as u32).to_le_bytes());
+            out.extend((packed.len() as u32).to_le_bytes());
             out.extend((data.len() as u32).to_le_bytes());
             out.extend((name.len() as u16).to_le_bytes());
             out.extend(0u16.to_le_bytes());
             out.extend(name.as_bytes());
-            out.extend(*data);
+            out.extend(&packed);
 
             central.extend(CENTRAL_SIGNATURE.to_le_bytes());
-            central.extend([20, 0, 20, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+            central.extend([20, 0, 20, 0, 0, 0, method, 0, 0, 0, 0, 0]);
             central.extend(crc.to_le_bytes());
-            central.extend((data.len() as u32).to_le_bytes());
+            central.extend((packed.len() as u32).to_le_bytes());
             central.extend((data.len() as u32).to_le_bytes());
             central.extend((name.len() as u16).to_le_bytes());
             central.extend([0u8; 12]);
@@ -287,6 +302,25 @@ mod tests {
         assert_eq!(zip.entries().len(), 2);
         let e = zip.entry("a/data/0").unwrap();
         assert_eq!(&*zip.read(e).unwrap(), b"\x01\x02");
+    }
+
+    #[test]
+    fn reads_deflated_entries() {
+        let data: Vec<u8> = (0..5000u32).map(|i| (i % 7) as u8).collect();
+        let bytes = write_zip(&[("a/data.pkl", b"x"), ("a/data/0", &data)], true);
+        let zip = ZipArchive::parse(&bytes).unwrap();
+        let e = zip.entry("a/data/0").unwrap();
+        assert_eq!(zip.stored_range(e).unwrap(), None);
+        assert_eq!(&*zip.read(e).unwrap(), &data[..]);
+        // A corrupt deflate stream is an error.
+        let mut broken = bytes.clone();
+        let at = broken.len() / 2;
+        broken[at] ^= 0xff;
+        if let Ok(zip) = ZipArchive::parse(&broken) {
+            for e in zip.entries() {
+                let _ = zip.read(e);
+            }
+        }
     }
 
     #[test]
