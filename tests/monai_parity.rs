@@ -107,6 +107,17 @@ fn no_downsample_network_from_safetensors_matches_monai() {
 }
 
 #[test]
+fn no_downsample_network_takes_sides_divisible_by_two_to_the_levels() {
+    // 3 levels without downsampling: MONAI runs 8 x 8 x 24 (multiples of 2^3, not 2^4).
+    check_case(
+        &Device::flex(),
+        "no_downsample_side8",
+        "no_downsample.safetensors",
+        arch_file("no_downsample"),
+    );
+}
+
+#[test]
 fn pre_2023_keys_with_prefix_and_wrapper_match_monai() {
     check_case(
         &Device::flex(),

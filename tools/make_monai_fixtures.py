@@ -267,6 +267,10 @@ def main():
         {"scheme": "instance", "depths": 3, "layers": 4, "use_downsample": False,
          "filters": [8, 16, 32], "in_channels": 1, "classes": 2},
     )
+    # Without downsampling MONAI needs sides divisible by 2^3 only, not 2^4.
+    x = rng.standard_normal((1, 8, 8, 24)).astype(np.float32)
+    np.save(os.path.join(OUT, "no_downsample_side8_input.npy"), x)
+    np.save(os.path.join(OUT, "no_downsample_side8_logits.npy"), run(net, x))
 
     # 5. Pre-2023 key layout (op.ops.<op index>), DataParallel's `module.` prefix and a
     #    {"model": ...} wrapper, 2 levels.

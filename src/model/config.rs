@@ -85,10 +85,10 @@ impl NetworkConfig {
         1 << (level + self.use_downsample as usize)
     }
 
-    /// Input sides must be divisible by this (`2^(D + 1)` with `use_downsample`): every
-    /// level's factorized reduce needs even sizes.
+    /// Input sides must be divisible by this, `2^(D + 1)` with `use_downsample` and `2^D`
+    /// without (MONAI's rule): every level's factorized reduce needs even sizes.
     pub fn input_divisor(&self) -> usize {
-        1 << (self.space.num_depths + 1)
+        1 << (self.space.num_depths + self.use_downsample as usize)
     }
 
     /// Does this network have the HyperSegNAS parts (encoder M and MAN H)?
@@ -258,6 +258,14 @@ mod tests {
             + 27648;
         assert_eq!(c.man_params(), expected);
         assert!((620_000_000..640_000_000).contains(&expected), "{expected}");
+    }
+
+    #[test]
+    fn input_divisor_follows_use_downsample() {
+        let mut c = NetworkConfig::paper(1, 2);
+        assert_eq!(c.input_divisor(), 32);
+        c.use_downsample = false;
+        assert_eq!(c.input_divisor(), 16);
     }
 
     #[test]
