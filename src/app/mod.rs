@@ -680,12 +680,14 @@ impl ExplorerApp {
         };
         let request = Request::Segment {
             ras: v.ras.clone(),
-            arch: editor.code().clone(),
-            mode: self.mode,
-            region,
-            overlap: self.settings.overlap,
-            previous: self.prediction.clone(),
-            truth: self.truth.as_ref().map(|t| t.labels.clone()),
+            job: worker::SegmentJob {
+                arch: editor.code().clone(),
+                mode: self.mode,
+                region,
+                overlap: self.settings.overlap,
+                previous: self.prediction.clone(),
+                truth: self.truth.as_ref().map(|t| t.labels.clone()),
+            },
         };
         self.worker.send(request);
     }

@@ -134,14 +134,7 @@ pub enum Request {
     /// Segment part of a volume.
     Segment {
         ras: Arc<RasVolume>,
-        arch: ArchCode,
-        mode: WeightMode,
-        region: Region,
-        overlap: f32,
-        /// The current prediction (kept outside an ROI; compared inside it).
-        previous: Option<Arc<Vec<u16>>>,
-        /// Ground truth for Dice.
-        truth: Option<Arc<Vec<u16>>>,
+        job: SegmentJob,
     },
     /// MAN channel weights of patches under an architecture.
     ChannelWeights {
@@ -603,25 +596,9 @@ fn serve(
                 },
             )
         }
-        Request::Segment {
-            ras,
-            arch,
-            mode,
-            region,
-            overlap,
-            previous,
-            truth,
-        } => {
+        Request::Segment { ras, job } => {
             let Some(m) = model.as_ref() else {
                 return Reply::Segmented(Err("no checkpoint is loaded".into()));
-            };
-            let job = SegmentJob {
-                arch,
-                mode,
-                region,
-                overlap,
-                previous,
-                truth,
             };
             Reply::Segmented(run_segment(m, device, ras, job, shared))
         }
@@ -675,13 +652,17 @@ fn crop(ras: &RasVolume, start: [usize; 3], size: [usize; 3]) -> Volume {
     Volume::from_array(data, size, affine)
 }
 
-struct SegmentJob {
-    arch: ArchCode,
-    mode: WeightMode,
-    region: Region,
-    overlap: f32,
-    previous: Option<Arc<Vec<u16>>>,
-    truth: Option<Arc<Vec<u16>>>,
+/// What to segment, and with what.
+pub struct SegmentJob {
+    pub arch: ArchCode,
+    pub mode: WeightMode,
+    pub region: Region,
+    /// Sliding-window overlap.
+    pub overlap: f32,
+    /// The current prediction (kept outside an ROI; compared inside it).
+    pub previous: Option<Arc<Vec<u16>>>,
+    /// Ground truth for Dice.
+    pub truth: Option<Arc<Vec<u16>>>,
 }
 
 fn run_segment(
