@@ -190,6 +190,12 @@ pub struct PatchOptions {
     pub flip_axes: Vec<usize>,
     /// Intensity shift: a uniform offset in [-shift, shift] added to the normalised image.
     pub intensity_shift: f32,
+    /// Probability that a patch shows only a random box of the volume (each side between
+    /// half the patch and the whole patch, always holding the patch centre), with zeros and
+    /// background outside it. Sliding-window inference zero-pads scans that are smaller
+    /// than the ROI; this shows the network such padded, cropped fields of view in
+    /// training too.
+    pub crop_probability: f64,
 }
 
 impl Default for PatchOptions {
@@ -199,6 +205,7 @@ impl Default for PatchOptions {
             foreground_ratio: 0.5,
             flip_axes: vec![0, 1],
             intensity_shift: 0.1,
+            crop_probability: 0.0,
         }
     }
 }
@@ -213,7 +220,7 @@ pub struct Patch {
 
 /// Draws a patch from `sample`: centre on a foreground voxel with probability
 /// `foreground_ratio` (a background voxel otherwise), crop (zero-padding where the volume is
-/// smaller), flip and shift.
+/// smaller), limit the field of view (with `crop_probability`), flip and shift.
 pub fn random_patch<R: Rng>(sample: &Sample, options: &PatchOptions, rng: &mut R) -> Patch {
     let dims = sample.dims;
     let size = options.size;
@@ -249,6 +256,20 @@ pub fn random_patch<R: Rng>(sample: &Sample, options: &PatchOptions, rng: &mut R
     } else {
         0.0
     };
+    // The visible box in patch coordinates before flipping: the whole patch, or a random
+    // box of at least half the patch per side that keeps the patch centre.
+    let crop = options.crop_probability > 0.0 && rng.random::<f64>() < options.crop_probability;
+    let visible: [std::ops::Range<usize>; 3] = std::array::from_fn(|a| {
+        if !crop {
+            return 0..size[a];
+        }
+        let centre = size[a] / 2;
+        let len = rng.random_range(size[a].div_ceil(2)..=size[a]);
+        let first = (centre + 1).saturating_sub(len);
+        let last = centre.min(size[a] - len);
+        let begin = rng.random_range(first..=last);
+        begin..begin + len
+    });
 
     let len = size.iter().product();
     let mut image = vec![0.0f32; len];
@@ -258,11 +279,13 @@ pub fn random_patch<R: Rng>(sample: &Sample, options: &PatchOptions, rng: &mut R
         for py in 0..size[1] {
             for pz in 0..size[2] {
                 let p = [px, py, pz];
-                let src: [isize; 3] = std::array::from_fn(|a| {
-                    let q = if flip[a] { size[a] - 1 - p[a] } else { p[a] };
-                    start[a] + q as isize
+                let q: [usize; 3] =
+                    std::array::from_fn(|a| if flip[a] { size[a] - 1 - p[a] } else { p[a] });
+                let src: [isize; 3] = std::array::from_fn(|a| start[a] + q[a] as isize);
+                let inside = (0..3).all(|a| {
+                    src[a] >= 0 && (src[a] as usize) < dims[a] && visible[a].contains(&q[a])
                 });
-                if (0..3).all(|a| src[a] >= 0 && (src[a] as usize) < dims[a]) {
+                if inside {
                     let j =
                         (src[0] as usize * dims[1] + src[1] as usize) * dims[2] + src[2] as usize;
                     image[i] = sample.image[j] + shift;
@@ -316,6 +339,7 @@ mod tests {
             foreground_ratio: 1.0,
             flip_axes: vec![],
             intensity_shift: 0.0,
+            crop_probability: 0.0,
         };
         let mut rng = rand::rngs::StdRng::seed_from_u64(0);
         for _ in 0..10 {
@@ -335,6 +359,7 @@ mod tests {
             foreground_ratio: 1.0,
             flip_axes: vec![0, 1, 2],
             intensity_shift: 0.0,
+            crop_probability: 0.0,
         };
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         for _ in 0..10 {
@@ -345,6 +370,48 @@ mod tests {
             // 120 real voxels (one of them, voxel 0, has value 0), the rest padding.
             assert_eq!(p.image.iter().filter(|&&v| v != 0.0).count(), 119);
         }
+    }
+
+    #[test]
+    fn cropped_fields_of_view_keep_the_centre_and_blank_the_rest() {
+        // A 10^3 volume of ones, foreground everywhere: every patch voxel outside the
+        // visible box must be 0 in the image and background in the label.
+        let dims = [10, 10, 10];
+        let n = 1000;
+        let s = Sample {
+            image: vec![1.0; n],
+            label: vec![1; n],
+            dims,
+            foreground: (0..n as u32).collect(),
+            background: Vec::new(),
+            name: "ones".into(),
+        };
+        let options = PatchOptions {
+            size: [8, 8, 8],
+            foreground_ratio: 1.0,
+            flip_axes: vec![0, 1, 2],
+            intensity_shift: 0.0,
+            crop_probability: 1.0,
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        let mut smallest = 512;
+        for _ in 0..50 {
+            let p = random_patch(&s, &options, &mut rng);
+            let visible = p.image.iter().filter(|&&v| v == 1.0).count();
+            let labelled = p.label.iter().filter(|&&l| l == 1).count();
+            assert_eq!(visible, labelled, "image and label blanked alike");
+            // At least half of every side stays visible, the centre region included.
+            assert!(visible >= 64, "{visible}");
+            let centre = [3usize, 4];
+            let any_centre = centre.iter().any(|&x| {
+                centre
+                    .iter()
+                    .any(|&y| centre.iter().any(|&z| p.label[(x * 8 + y) * 8 + z] == 1))
+            });
+            assert!(any_centre);
+            smallest = smallest.min(visible);
+        }
+        assert!(smallest < 512, "no patch was cropped");
     }
 
     #[test]
