@@ -178,7 +178,7 @@ pub fn load_sample(
 
 /// How patches are drawn.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct PatchOptions {
     /// Patch size (x, y, z).
     pub size: [usize; 3],
@@ -188,6 +188,12 @@ pub struct PatchOptions {
     /// flipping axis 1 (anterior-posterior) too also covers data whose in-plane axes are
     /// stored flipped against their header, as some MSD images are.
     pub flip_axes: Vec<usize>,
+    /// Flip all of `flip_axes` together (one coin per patch) instead of each on its own. With
+    /// axes 0 and 1 this is a rotation by 180 degrees about the body axis (a patient lying
+    /// prone instead of supine, or left-right and anterior-posterior both stored flipped),
+    /// which keeps the body's handedness: independent flips also make mirror images, in
+    /// which the liver sits where the spleen belongs.
+    pub flip_jointly: bool,
     /// Intensity shift: a uniform offset in [-shift, shift] added to the normalised image.
     pub intensity_shift: f32,
     /// Probability that a patch shows only a random box of the volume (each side between
@@ -204,6 +210,7 @@ impl Default for PatchOptions {
             size: [96; 3],
             foreground_ratio: 0.5,
             flip_axes: vec![0, 1],
+            flip_jointly: false,
             intensity_shift: 0.1,
             crop_probability: 0.0,
         }
@@ -249,8 +256,15 @@ pub fn random_patch<R: Rng>(sample: &Sample, options: &PatchOptions, rng: &mut R
             -(((size[a] - dims[a]) / 2) as isize)
         }
     });
-    let flip: [bool; 3] =
-        std::array::from_fn(|a| options.flip_axes.contains(&a) && rng.random::<bool>());
+    let joint_flip = options.flip_jointly && rng.random::<bool>();
+    let flip: [bool; 3] = std::array::from_fn(|a| {
+        options.flip_axes.contains(&a)
+            && if options.flip_jointly {
+                joint_flip
+            } else {
+                rng.random::<bool>()
+            }
+    });
     let shift = if options.intensity_shift > 0.0 {
         rng.random_range(-options.intensity_shift..=options.intensity_shift)
     } else {
@@ -338,6 +352,7 @@ mod tests {
             size: [4, 4, 4],
             foreground_ratio: 1.0,
             flip_axes: vec![],
+            flip_jointly: false,
             intensity_shift: 0.0,
             crop_probability: 0.0,
         };
@@ -358,6 +373,7 @@ mod tests {
             size: [8, 8, 8],
             foreground_ratio: 1.0,
             flip_axes: vec![0, 1, 2],
+            flip_jointly: false,
             intensity_shift: 0.0,
             crop_probability: 0.0,
         };
@@ -390,6 +406,7 @@ mod tests {
             size: [8, 8, 8],
             foreground_ratio: 1.0,
             flip_axes: vec![0, 1, 2],
+            flip_jointly: false,
             intensity_shift: 0.0,
             crop_probability: 1.0,
         };
@@ -412,6 +429,31 @@ mod tests {
             smallest = smallest.min(visible);
         }
         assert!(smallest < 512, "no patch was cropped");
+    }
+
+    #[test]
+    fn joint_flips_rotate_and_never_mirror() {
+        // The image value of a voxel is its index: decode where the patch's first voxel
+        // came from. With joint flips of axes 0 and 1, either both are flipped or neither.
+        let s = sample();
+        let options = PatchOptions {
+            size: [6, 5, 4],
+            foreground_ratio: 1.0,
+            flip_axes: vec![0, 1],
+            flip_jointly: true,
+            intensity_shift: 0.0,
+            crop_probability: 0.0,
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..40 {
+            let p = random_patch(&s, &options, &mut rng);
+            let first = p.image[0] as usize;
+            let (x, y) = (first / 20, (first / 4) % 5);
+            seen.insert((x == 5, y == 4));
+        }
+        let both: std::collections::BTreeSet<_> = [(false, false), (true, true)].into();
+        assert_eq!(seen, both);
     }
 
     #[test]
