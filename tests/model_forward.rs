@@ -145,3 +145,68 @@ fn invalid_inputs_are_errors_not_panics() {
         .to_string();
     assert!(err.contains("head has no input"), "{err}");
 }
+
+/// Supplement, Algorithm 1: `w_active = w * w_a` scales the weights of an active edge. A skip
+/// between nodes of the same level has no weights, so its channel weights must not change
+/// the output (scaling it by the MAN's sigmoid output, about 0.5, shrank a chain of k skips
+/// by 0.5^k); edges with weights still respond to theirs.
+#[test]
+fn channel_weights_do_not_scale_same_level_skips() {
+    let cpu = Device::flex();
+    let config = NetworkConfig::demo(1, 2);
+    let network = Network::fresh(&config, &cpu, 5).unwrap();
+    let space = &config.space;
+    let side = 32;
+    let input = common::noise(side * side * side, 3);
+    let x = || {
+        Tensor::<5>::from_data(
+            TensorData::new(input.clone(), [1, 1, side, side, side]),
+            &cpu,
+        )
+    };
+    let total = config.man_output_len();
+    let offsets = config.channel_weight_offsets();
+    let run = |code: &ArchCode, edge_index: usize, value: f32| {
+        let mut w = vec![0.5f32; total];
+        w[offsets[edge_index]..offsets[edge_index + 1]].fill(value);
+        let w = Tensor::<2>::from_data(TensorData::new(w, [1, total]), &cpu);
+        network
+            .forward_with_weights(x(), code, Some(&w))
+            .unwrap()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap()
+    };
+    // Edge 0 joins level 0 to itself. A U-Net-free code: every edge of every layer conv,
+    // except layer 5's edge 0, which is a skip.
+    let mut code = arch::preset("all-conv", space).unwrap();
+    let layer = 5;
+    let index = layer * space.num_edges();
+    code.set(layer, 0, Some(arch::Op::Skip));
+    code.validate(space).unwrap();
+    let a = run(&code, index, 0.5);
+    let b = run(&code, index, 0.1);
+    let diff = a
+        .iter()
+        .zip(&b)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0.0, f32::max);
+    assert_eq!(
+        diff, 0.0,
+        "a same-level skip must ignore its channel weights"
+    );
+
+    // The same edge as a convolution does respond to its weights.
+    code.set(layer, 0, Some(arch::Op::Conv3x3x3));
+    let a = run(&code, index, 0.5);
+    let b = run(&code, index, 0.1);
+    let diff = a
+        .iter()
+        .zip(&b)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0.0, f32::max);
+    assert!(
+        diff > 1e-4,
+        "a convolution edge ignored its channel weights ({diff})"
+    );
+}

@@ -157,6 +157,12 @@ impl Cell {
         }
     }
 
+    /// Does the edge carry weights for `op`? A skip between nodes of the same level is
+    /// the identity and has none; a skip across levels still has its preprocess.
+    fn has_weights(&self, op: Op) -> bool {
+        op != Op::Skip || self.down.is_some() || self.up.is_some()
+    }
+
     /// The cell's output for `op`: `op(preprocess(x))`, `None` if the cell lacks that op.
     fn forward(&self, x: Tensor<5>, op: Op) -> Option<Tensor<5>> {
         let slot = self.ops.iter().position(|&o| o == op)?;
@@ -280,9 +286,11 @@ impl SuperNet {
     }
 
     /// Runs architecture `arch` on `x`. With `channel_weights` (`[batch, total]`, laid out as
-    /// [`NetworkConfig::channel_weight_offsets`] says), each active edge's output channels are
-    /// multiplied by their weights after the op (after its norm; for skip, the identity
-    /// output), so no following instance norm cancels them.
+    /// [`NetworkConfig::channel_weight_offsets`] says), each active edge that has weights has
+    /// its output channels multiplied by their channel weights after the op (after its norm,
+    /// so no instance norm cancels them). Algorithm 1 scales an edge's weights
+    /// (`w_active = w * w_a`): a skip between nodes of the same level is the identity, has
+    /// no weights and is left as it is; a skip across levels is scaled after its preprocess.
     ///
     /// # Shapes
     /// - x: `[batch, in_channels, x, y, z]`, sides divisible by [`NetworkConfig::input_divisor`]
@@ -324,7 +332,9 @@ impl SuperNet {
                 let mut out =
                     cell.forward(input, op)
                         .ok_or(ForwardError::MissingOp { layer, edge, op })?;
-                if let Some((w, offsets)) = channel_weights {
+                if let Some((w, offsets)) = channel_weights
+                    && cell.has_weights(op)
+                {
                     let (start, end) = (offsets[index], offsets[index + 1]);
                     let scale = w.clone().slice([0..batch, start..end]);
                     out = out * scale.reshape([batch, end - start, 1, 1, 1]);

@@ -36,6 +36,10 @@
 //! [patch]
 //! size = [96, 96, 96]
 //! foreground_ratio = 0.5
+//! # flip_axes = [0, 1]
+//! # flip_jointly = false          # true: flip all axes together (rotation, no mirroring)
+//! # intensity_shift = 0.1
+//! # crop_probability = 0.0        # share of patches with a limited field of view
 //!
 //! [schedule]                      # the paper's defaults unless given
 //! supernet_iters = 160000
@@ -313,5 +317,42 @@ impl TrainConfig {
                 label: resolve(&self.base_dir, &p.label),
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+output_dir = "run"
+
+[network]
+preset = "demo"
+
+[[classes]]
+name = "spleen"
+values = [1]
+
+[[train]]
+image = "ct.nii.gz"
+label = "seg.nii.gz"
+
+[preprocess]
+orientation = "RAS"
+intensity = { kind = "ct_window", a_min = -175.0, a_max = 250.0, clip = true }
+"#;
+
+    #[test]
+    fn misspelt_patch_and_schedule_keys_are_refused() {
+        // A misspelt key used to be dropped silently, so a run trained without the option
+        // its configuration asked for.
+        let ok = format!("{BASE}\n[patch]\nflip_jointly = true\n[schedule]\npeak_lr = 0.03\n");
+        let config: TrainConfig = toml::from_str(&ok).unwrap();
+        assert!(config.patch.flip_jointly);
+        for bad in ["[patch]\nflip_jointy = true", "[schedule]\npeak_rl = 0.03"] {
+            let err = toml::from_str::<TrainConfig>(&format!("{BASE}\n{bad}\n")).unwrap_err();
+            assert!(err.to_string().contains("unknown field"), "{err}");
+        }
     }
 }

@@ -178,7 +178,7 @@ pub fn load_sample(
 
 /// How patches are drawn.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct PatchOptions {
     /// Patch size (x, y, z).
     pub size: [usize; 3],
@@ -188,8 +188,20 @@ pub struct PatchOptions {
     /// flipping axis 1 (anterior-posterior) too also covers data whose in-plane axes are
     /// stored flipped against their header, as some MSD images are.
     pub flip_axes: Vec<usize>,
+    /// Flip all of `flip_axes` together (one coin per patch) instead of each on its own. With
+    /// axes 0 and 1 this is a rotation by 180 degrees about the body axis (a patient lying
+    /// prone instead of supine, or left-right and anterior-posterior both stored flipped),
+    /// which keeps the body's handedness: independent flips also make mirror images, in
+    /// which the liver sits where the spleen belongs.
+    pub flip_jointly: bool,
     /// Intensity shift: a uniform offset in [-shift, shift] added to the normalised image.
     pub intensity_shift: f32,
+    /// Probability that a patch shows only a random box of the volume (each side between
+    /// half the patch and the whole patch, always holding the patch centre), with zeros and
+    /// background outside it. Sliding-window inference zero-pads scans that are smaller
+    /// than the ROI; this shows the network such padded, cropped fields of view in
+    /// training too.
+    pub crop_probability: f64,
 }
 
 impl Default for PatchOptions {
@@ -198,7 +210,9 @@ impl Default for PatchOptions {
             size: [96; 3],
             foreground_ratio: 0.5,
             flip_axes: vec![0, 1],
+            flip_jointly: false,
             intensity_shift: 0.1,
+            crop_probability: 0.0,
         }
     }
 }
@@ -213,7 +227,7 @@ pub struct Patch {
 
 /// Draws a patch from `sample`: centre on a foreground voxel with probability
 /// `foreground_ratio` (a background voxel otherwise), crop (zero-padding where the volume is
-/// smaller), flip and shift.
+/// smaller), limit the field of view (with `crop_probability`), flip and shift.
 pub fn random_patch<R: Rng>(sample: &Sample, options: &PatchOptions, rng: &mut R) -> Patch {
     let dims = sample.dims;
     let size = options.size;
@@ -242,13 +256,34 @@ pub fn random_patch<R: Rng>(sample: &Sample, options: &PatchOptions, rng: &mut R
             -(((size[a] - dims[a]) / 2) as isize)
         }
     });
-    let flip: [bool; 3] =
-        std::array::from_fn(|a| options.flip_axes.contains(&a) && rng.random::<bool>());
+    let joint_flip = options.flip_jointly && rng.random::<bool>();
+    let flip: [bool; 3] = std::array::from_fn(|a| {
+        options.flip_axes.contains(&a)
+            && if options.flip_jointly {
+                joint_flip
+            } else {
+                rng.random::<bool>()
+            }
+    });
     let shift = if options.intensity_shift > 0.0 {
         rng.random_range(-options.intensity_shift..=options.intensity_shift)
     } else {
         0.0
     };
+    // The visible box in patch coordinates before flipping: the whole patch, or a random
+    // box of at least half the patch per side that keeps the patch centre.
+    let crop = options.crop_probability > 0.0 && rng.random::<f64>() < options.crop_probability;
+    let visible: [std::ops::Range<usize>; 3] = std::array::from_fn(|a| {
+        if !crop {
+            return 0..size[a];
+        }
+        let centre = size[a] / 2;
+        let len = rng.random_range(size[a].div_ceil(2)..=size[a]);
+        let first = (centre + 1).saturating_sub(len);
+        let last = centre.min(size[a] - len);
+        let begin = rng.random_range(first..=last);
+        begin..begin + len
+    });
 
     let len = size.iter().product();
     let mut image = vec![0.0f32; len];
@@ -258,11 +293,13 @@ pub fn random_patch<R: Rng>(sample: &Sample, options: &PatchOptions, rng: &mut R
         for py in 0..size[1] {
             for pz in 0..size[2] {
                 let p = [px, py, pz];
-                let src: [isize; 3] = std::array::from_fn(|a| {
-                    let q = if flip[a] { size[a] - 1 - p[a] } else { p[a] };
-                    start[a] + q as isize
+                let q: [usize; 3] =
+                    std::array::from_fn(|a| if flip[a] { size[a] - 1 - p[a] } else { p[a] });
+                let src: [isize; 3] = std::array::from_fn(|a| start[a] + q[a] as isize);
+                let inside = (0..3).all(|a| {
+                    src[a] >= 0 && (src[a] as usize) < dims[a] && visible[a].contains(&q[a])
                 });
-                if (0..3).all(|a| src[a] >= 0 && (src[a] as usize) < dims[a]) {
+                if inside {
                     let j =
                         (src[0] as usize * dims[1] + src[1] as usize) * dims[2] + src[2] as usize;
                     image[i] = sample.image[j] + shift;
@@ -315,7 +352,9 @@ mod tests {
             size: [4, 4, 4],
             foreground_ratio: 1.0,
             flip_axes: vec![],
+            flip_jointly: false,
             intensity_shift: 0.0,
+            crop_probability: 0.0,
         };
         let mut rng = rand::rngs::StdRng::seed_from_u64(0);
         for _ in 0..10 {
@@ -334,7 +373,9 @@ mod tests {
             size: [8, 8, 8],
             foreground_ratio: 1.0,
             flip_axes: vec![0, 1, 2],
+            flip_jointly: false,
             intensity_shift: 0.0,
+            crop_probability: 0.0,
         };
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         for _ in 0..10 {
@@ -345,6 +386,74 @@ mod tests {
             // 120 real voxels (one of them, voxel 0, has value 0), the rest padding.
             assert_eq!(p.image.iter().filter(|&&v| v != 0.0).count(), 119);
         }
+    }
+
+    #[test]
+    fn cropped_fields_of_view_keep_the_centre_and_blank_the_rest() {
+        // A 10^3 volume of ones, foreground everywhere: every patch voxel outside the
+        // visible box must be 0 in the image and background in the label.
+        let dims = [10, 10, 10];
+        let n = 1000;
+        let s = Sample {
+            image: vec![1.0; n],
+            label: vec![1; n],
+            dims,
+            foreground: (0..n as u32).collect(),
+            background: Vec::new(),
+            name: "ones".into(),
+        };
+        let options = PatchOptions {
+            size: [8, 8, 8],
+            foreground_ratio: 1.0,
+            flip_axes: vec![0, 1, 2],
+            flip_jointly: false,
+            intensity_shift: 0.0,
+            crop_probability: 1.0,
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        let mut smallest = 512;
+        for _ in 0..50 {
+            let p = random_patch(&s, &options, &mut rng);
+            let visible = p.image.iter().filter(|&&v| v == 1.0).count();
+            let labelled = p.label.iter().filter(|&&l| l == 1).count();
+            assert_eq!(visible, labelled, "image and label blanked alike");
+            // At least half of every side stays visible, the centre region included.
+            assert!(visible >= 64, "{visible}");
+            let centre = [3usize, 4];
+            let any_centre = centre.iter().any(|&x| {
+                centre
+                    .iter()
+                    .any(|&y| centre.iter().any(|&z| p.label[(x * 8 + y) * 8 + z] == 1))
+            });
+            assert!(any_centre);
+            smallest = smallest.min(visible);
+        }
+        assert!(smallest < 512, "no patch was cropped");
+    }
+
+    #[test]
+    fn joint_flips_rotate_and_never_mirror() {
+        // The image value of a voxel is its index: decode where the patch's first voxel
+        // came from. With joint flips of axes 0 and 1, either both are flipped or neither.
+        let s = sample();
+        let options = PatchOptions {
+            size: [6, 5, 4],
+            foreground_ratio: 1.0,
+            flip_axes: vec![0, 1],
+            flip_jointly: true,
+            intensity_shift: 0.0,
+            crop_probability: 0.0,
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..40 {
+            let p = random_patch(&s, &options, &mut rng);
+            let first = p.image[0] as usize;
+            let (x, y) = (first / 20, (first / 4) % 5);
+            seen.insert((x == 5, y == 4));
+        }
+        let both: std::collections::BTreeSet<_> = [(false, false), (true, true)].into();
+        assert_eq!(seen, both);
     }
 
     #[test]

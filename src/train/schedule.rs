@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 /// The schedule's numbers; the defaults are the paper's.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Schedule {
     /// Super-net iterations N1.
     pub supernet_iters: usize,
