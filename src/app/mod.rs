@@ -1531,8 +1531,8 @@ impl ExplorerApp {
                 editor.redo();
                 changed = true;
             }
-            egui::ComboBox::from_id_salt("preset")
-                .selected_text("Preset…")
+            egui::ComboBox::from_label("Preset")
+                .selected_text("choose…")
                 .show_ui(ui, |ui| {
                     let mut names: Vec<String> = ["all-conv", "dints-paper", "unet"]
                         .iter()
