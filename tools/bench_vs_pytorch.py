@@ -15,8 +15,8 @@ also reports how far apart the two networks' logits are.
 
 Usage (from the repository root, after `cargo build`; the dev profile builds dependencies
 at opt-level 3):
-    cp $CARGO_TARGET_DIR/debug/hypersegnas /tmp/hypersegnas-bench
-    /work/pyenv/bin/python tools/bench_vs_pytorch.py --bin /tmp/hypersegnas-bench
+    cp target/debug/hypersegnas /tmp/hypersegnas-bench
+    .venv-monai/bin/python tools/bench_vs_pytorch.py --bin /tmp/hypersegnas-bench
 """
 
 import argparse

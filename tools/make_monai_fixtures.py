@@ -13,8 +13,8 @@ as MONAI saves it:
 and cases.json describes them for tests/monai_parity.rs.
 
 Usage (from the repository root):
-    python3 -m venv /work/pyenv && /work/pyenv/bin/pip install torch monai safetensors numpy nibabel
-    /work/pyenv/bin/python tools/make_monai_fixtures.py
+    python3 -m venv .venv-monai && .venv-monai/bin/pip install torch monai safetensors numpy nibabel scipy
+    .venv-monai/bin/python tools/make_monai_fixtures.py
 
 The pipeline fixture (`pancreas_pipeline_*`) runs MONAI's pancreas-bundle transforms and
 SlidingWindowInferer on a crop (x 40:72, y 30:62, z 8:24) of a real CT and is written only
