@@ -246,13 +246,13 @@ fn a_result_for_a_replaced_volume_is_dropped() {
         app.volume_dims() == Some(dims) && !app.busy()
     });
     h.run_steps(5);
-    if let Some(p) = h.state().prediction() {
-        assert_eq!(
-            p.len(),
-            40 * 30 * 20,
-            "a prediction belongs to the volume on screen"
-        );
-    }
+    // The first run was still going when the volume changed: its 48^3 labels must not land
+    // on the new volume. (A run on the new volume itself may have started meanwhile.)
+    let kept = h.state().prediction().map(|p| p.len());
+    assert!(
+        kept.is_none() || kept == Some(40 * 30 * 20),
+        "a result for the replaced volume was kept ({kept:?} labels)"
+    );
 }
 
 #[test]

@@ -244,7 +244,7 @@ pub fn export_png(
 ) -> Result<(), String> {
     let size = (1200u32, 320 * layers.len().max(1) as u32);
     let (rgb, _) = render_rgb(size, cfg, patches, layers, false)?;
-    let png = super::encode_png(size.0, size.1, &rgb, png::ColorType::Rgb)
+    let png = crate::train::plot::encode_png(size.0, size.1, &rgb, png::ColorType::Rgb)
         .map_err(|e| format!("{}: encoding PNG: {e}", path.display()))?;
     crate::fsutil::write_atomic(path, &png).map_err(|e| format!("{}: {e}", path.display()))
 }

@@ -1107,11 +1107,12 @@ impl ExplorerApp {
         ctx.request_screenshot(move |image| {
             let [w, h] = image.size;
             let rgba: Vec<u8> = image.pixels.iter().flat_map(|c| c.to_array()).collect();
-            let result = encode_png(w as u32, h as u32, &rgba, png::ColorType::Rgba)
-                .map_err(|e| e.to_string())
-                .and_then(|bytes| {
-                    crate::fsutil::write_atomic(&path, &bytes).map_err(|e| e.to_string())
-                });
+            let result =
+                crate::train::plot::encode_png(w as u32, h as u32, &rgba, png::ColorType::Rgba)
+                    .map_err(|e| e.to_string())
+                    .and_then(|bytes| {
+                        crate::fsutil::write_atomic(&path, &bytes).map_err(|e| e.to_string())
+                    });
             match result {
                 Ok(()) => eprintln!("hypersegnas: wrote {} ({w} x {h})", path.display()),
                 Err(e) => {
@@ -2220,24 +2221,6 @@ fn hash_layers(layers: &[usize]) -> u64 {
     layers.iter().fold(0xcbf29ce484222325u64, |h, &l| {
         (h ^ l as u64).wrapping_mul(0x100000001b3)
     }) << 20
-}
-
-/// Encodes 8-bit pixels as PNG.
-pub fn encode_png(
-    width: u32,
-    height: u32,
-    pixels: &[u8],
-    color: png::ColorType,
-) -> Result<Vec<u8>, png::EncodingError> {
-    let mut out = Vec::new();
-    {
-        let mut encoder = png::Encoder::new(&mut out, width, height);
-        encoder.set_color(color);
-        encoder.set_depth(png::BitDepth::Eight);
-        let mut writer = encoder.write_header()?;
-        writer.write_image_data(pixels)?;
-    }
-    Ok(out)
 }
 
 impl eframe::App for ExplorerApp {

@@ -109,22 +109,23 @@ pub fn curves(
         root.present()?;
     }
     let mut file = AtomicFile::create(path)?;
-    let encoder = image_png(&pixels, width, height)?;
+    let encoder = encode_png(width, height, &pixels, png::ColorType::Rgb)?;
     std::io::Write::write_all(&mut file, &encoder)?;
     file.commit()?;
     Ok(())
 }
 
-/// Encodes RGB pixels as PNG.
-fn image_png(
-    pixels: &[u8],
+/// Encodes 8-bit pixels (`color` says how many channels) as PNG.
+pub(crate) fn encode_png(
     width: u32,
     height: u32,
-) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+    pixels: &[u8],
+    color: png::ColorType,
+) -> Result<Vec<u8>, png::EncodingError> {
     let mut out = Vec::new();
     {
         let mut encoder = png::Encoder::new(&mut out, width, height);
-        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_color(color);
         encoder.set_depth(png::BitDepth::Eight);
         encoder.write_header()?.write_image_data(pixels)?;
     }
