@@ -44,6 +44,11 @@
 //! [schedule]                      # the paper's defaults unless given
 //! supernet_iters = 160000
 //! anneal_iters = 20000
+//!
+//! [sampling]                      # optional; without it, Algorithm 1's uniform draw
+//! # dense_arch = "all-conv"       # a preset that gets extra training (see `Sampling`)
+//! # dense_warmup_iters = 300      # the first iterations train only `dense_arch`
+//! # dense_probability = 0.25      # afterwards, chance per iteration of `dense_arch`
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -99,6 +104,26 @@ fn default_roi() -> Option<[usize; 3]> {
 }
 fn default_device() -> DeviceChoice {
     DeviceChoice::Auto
+}
+
+/// How a search iteration picks its architecture. The default is Algorithm 1's: a uniform
+/// draw over the valid codes every iteration.
+///
+/// A small super-net trained for few iterations can stay at the all-background solution
+/// under uniform draws (every step trains a different sparse network). `dense_arch` names a
+/// preset, usually `all-conv` (every edge active with a weighted op, so one step updates
+/// every super-net weight), that is trained alone for the first `dense_warmup_iters`
+/// iterations and afterwards instead of a uniform draw with probability `dense_probability`
+/// (the "sandwich" idea of training the largest network alongside sampled ones).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Sampling {
+    /// Architecture preset given extra training; needed when either count below is set.
+    pub dense_arch: Option<String>,
+    /// Iterations at the start of the run that train `dense_arch` only.
+    pub dense_warmup_iters: usize,
+    /// After the warm-up, probability per iteration of `dense_arch` instead of a uniform draw.
+    pub dense_probability: f64,
 }
 
 /// A training configuration.
@@ -157,6 +182,9 @@ pub struct TrainConfig {
     /// Iteration counts and learning rates.
     #[serde(default)]
     pub schedule: Schedule,
+    /// How each iteration picks its architecture.
+    #[serde(default)]
+    pub sampling: Sampling,
     /// Directory of the configuration file (paths are relative to it).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -233,6 +261,27 @@ impl TrainConfig {
             if !(lr.is_finite() && lr >= 0.0) {
                 return Err(format!("{name} must be finite and >= 0, got {lr}"));
             }
+        }
+        let sampling = &self.sampling;
+        if !(0.0..=1.0).contains(&sampling.dense_probability) {
+            return Err(format!(
+                "sampling.dense_probability must be in [0, 1], got {}",
+                sampling.dense_probability
+            ));
+        }
+        match &sampling.dense_arch {
+            Some(name) => {
+                let space = self.network_config_unchecked()?.space;
+                crate::arch::preset(name, &space)
+                    .map_err(|e| format!("sampling.dense_arch: {e}"))?;
+            }
+            None if sampling.dense_warmup_iters > 0 || sampling.dense_probability > 0.0 => {
+                return Err(
+                    "sampling.dense_warmup_iters and dense_probability need sampling.dense_arch"
+                        .into(),
+                );
+            }
+            None => {}
         }
         if self.network_config_unchecked()?.man_hidden.is_empty() {
             return Err(
@@ -353,6 +402,35 @@ intensity = { kind = "ct_window", a_min = -175.0, a_max = 250.0, clip = true }
         for bad in ["[patch]\nflip_jointy = true", "[schedule]\npeak_rl = 0.03"] {
             let err = toml::from_str::<TrainConfig>(&format!("{BASE}\n{bad}\n")).unwrap_err();
             assert!(err.to_string().contains("unknown field"), "{err}");
+        }
+    }
+
+    #[test]
+    fn sampling_options_are_checked() {
+        let read = |extra: &str| {
+            let mut config: TrainConfig = toml::from_str(&format!("{BASE}\n{extra}\n")).unwrap();
+            config.base_dir = PathBuf::from(".");
+            config.check()
+        };
+        assert!(read("").is_ok());
+        assert!(read("[sampling]\ndense_arch = \"all-conv\"\ndense_probability = 0.25").is_ok());
+        let cases = [
+            (
+                "[sampling]\ndense_warmup_iters = 10",
+                "need sampling.dense_arch",
+            ),
+            (
+                "[sampling]\ndense_arch = \"all-conv\"\ndense_probability = 1.5",
+                "[0, 1]",
+            ),
+            (
+                "[sampling]\ndense_arch = \"no-such\"",
+                "sampling.dense_arch",
+            ),
+        ];
+        for (extra, expected) in cases {
+            let err = read(extra).unwrap_err();
+            assert!(err.contains(expected), "{extra}: {err}");
         }
     }
 }

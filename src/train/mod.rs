@@ -11,7 +11,7 @@ pub mod loss;
 pub(crate) mod plot;
 pub mod schedule;
 
-pub use config::{NetworkSpec, TrainConfig};
+pub use config::{NetworkSpec, Sampling, TrainConfig};
 pub use schedule::{Phase, Schedule};
 
 use std::io::Write;
@@ -334,6 +334,13 @@ pub fn train(
     } else {
         None
     };
+    let dense = match &config.sampling.dense_arch {
+        Some(name) => Some(
+            arch::preset(name, &space)
+                .map_err(|e| TrainError::Input(format!("sampling.dense_arch: {e}")))?,
+        ),
+        None => None,
+    };
     let schedule = &config.schedule;
     let mut validation = Vec::new();
     let mut checkpoint_path = last.clone();
@@ -359,7 +366,7 @@ pub fn train(
 
         let code = match &fixed_arch {
             Some(code) => code.clone(),
-            None => sample_with(&space, &mut rng),
+            None => pick_architecture(i, &config.sampling, dense.as_ref(), &space, &mut rng),
         };
         let mode = match phase {
             Phase::Supernet => WeightMode::Man,
@@ -497,6 +504,25 @@ fn batch(
     let one_hot_shape = [config.batch, classes, size[0], size[1], size[2]];
     let y = Tensor::from_data(TensorData::new(one_hot, one_hot_shape), device);
     (x, y)
+}
+
+/// The architecture of search iteration `i`: `dense` during the warm-up and, after it, with
+/// probability `dense_probability`; otherwise a uniform draw over the valid codes
+/// (Algorithm 1, and all there is when `dense` is `None`).
+pub fn pick_architecture<R: Rng>(
+    i: usize,
+    sampling: &Sampling,
+    dense: Option<&ArchCode>,
+    space: &arch::SearchSpace,
+    rng: &mut R,
+) -> ArchCode {
+    if let Some(dense) = dense
+        && (i < sampling.dense_warmup_iters
+            || (sampling.dense_probability > 0.0 && rng.random_bool(sampling.dense_probability)))
+    {
+        return dense.clone();
+    }
+    sample_with(space, rng)
 }
 
 /// Sets `w_fixed` to the MAN's mean output over `w_fixed_samples` random patches and
@@ -734,5 +760,47 @@ impl Logs {
         if let Err(e) = plot::curves(path, &self.losses, &self.dice) {
             tracing::warn!("{}: plot not written: {e}", path.display());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn space() -> arch::SearchSpace {
+        arch::SearchSpace::hypersegnas(12, 4)
+    }
+
+    #[test]
+    fn without_a_dense_arch_every_iteration_is_a_uniform_draw() {
+        let space = space();
+        let sampling = Sampling::default();
+        let a = pick_architecture(0, &sampling, None, &space, &mut iteration_rng(7, 0));
+        let b = sample_with(&space, &mut iteration_rng(7, 0));
+        assert_eq!(a, b, "the default must be Algorithm 1's draw, unchanged");
+    }
+
+    #[test]
+    fn dense_arch_during_warm_up_then_at_the_configured_rate() {
+        let space = space();
+        let dense = arch::preset("all-conv", &space).unwrap();
+        let sampling = Sampling {
+            dense_arch: Some("all-conv".into()),
+            dense_warmup_iters: 50,
+            dense_probability: 0.3,
+        };
+        let picks: Vec<bool> = (0..2050)
+            .map(|i| {
+                let mut rng = iteration_rng(3, i as u64);
+                pick_architecture(i, &sampling, Some(&dense), &space, &mut rng) == dense
+            })
+            .collect();
+        assert!(
+            picks[..50].iter().all(|&d| d),
+            "warm-up trains the dense code only"
+        );
+        let rate = picks[50..].iter().filter(|&&d| d).count() as f64 / 2000.0;
+        // Binomial(2000, 0.3): standard deviation 0.0102; a uniform draw is never all-conv.
+        assert!((rate - 0.3).abs() < 0.04, "dense rate {rate}");
     }
 }
