@@ -236,3 +236,50 @@ fn schedule_defaults_are_the_papers() {
     assert_eq!(s.finetune_iters, 5000);
     assert_eq!(s.finetune_lr, 0.0016);
 }
+
+#[test]
+fn runs_that_cannot_proceed_are_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut cfg) = config(dir.path(), 3, 0, 2) else {
+        return;
+    };
+    let out = cfg.output_dir();
+    let go = &mut |_: &Event| ControlFlow::Continue(());
+
+    // Burn's wgpu backend has no gradient for trilinear up-sampling: refused with the reason.
+    cfg.device = hypersegnas::device::DeviceChoice::Gpu;
+    let err = train::train(&cfg, &RunKind::Search, false, go)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("trilinear"), "{err}");
+    cfg.device = hypersegnas::device::DeviceChoice::Cpu;
+
+    // --resume with nothing to resume (a misspelt output_dir, say) does not start afresh.
+    let err = train::train(&cfg, &RunKind::Search, true, go)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no run to resume"), "{err}");
+
+    // A missing training image is named, and no output folder is left behind.
+    let mut missing = cfg.clone();
+    missing.train[0].image = dir.path().join("absent.nii.gz");
+    let err = train::train(&missing, &RunKind::Search, false, go)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("absent.nii.gz"), "{err}");
+    assert!(!out.exists(), "{} was created", out.display());
+
+    // A run resumed with another [sampling] than it was started with is refused.
+    let outcome = train::train(&cfg, &RunKind::Search, false, &mut |e| match e {
+        Event::Step(s) if s.iteration == 2 => ControlFlow::Break(()),
+        _ => ControlFlow::Continue(()),
+    })
+    .unwrap();
+    assert!(outcome.interrupted);
+    cfg.sampling.dense_arch = Some("all-conv".into());
+    cfg.sampling.dense_probability = 0.5;
+    let err = train::train(&cfg, &RunKind::Search, true, go)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sampling cannot change"), "{err}");
+}

@@ -3,7 +3,7 @@
 //! ```toml
 //! output_dir = "runs/demo"        # relative paths are relative to this file
 //! seed = 0
-//! device = "cpu"                  # auto, gpu or cpu
+//! device = "cpu"                  # cpu or auto (= cpu); gpu is refused, see below
 //! batch = 1
 //! checkpoint_every = 100
 //! validate_every = 200
@@ -135,7 +135,8 @@ pub struct TrainConfig {
     /// Seed of initial weights, patches and architectures.
     #[serde(default)]
     pub seed: u64,
-    /// Where to train.
+    /// Where to train. Training runs on the CPU backend: Burn's wgpu backend has no gradient
+    /// for trilinear up-sampling, so `gpu` is refused and `auto` means the CPU.
     #[serde(default = "default_device")]
     pub device: DeviceChoice,
     /// Patches per step.

@@ -64,6 +64,9 @@ pub struct RunState {
     pub optimizer: Option<String>,
     /// Seed of the run.
     pub seed: u64,
+    /// The run's architecture sampling (absent in checkpoints written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<Sampling>,
 }
 
 /// Something a caller may show.
@@ -188,10 +191,14 @@ pub fn train(
             out_dir.display()
         )));
     }
-    std::fs::create_dir_all(&out_dir)
-        .map_err(|e| TrainError::Input(format!("{}: {e}", out_dir.display())))?;
+    if resume && !last.exists() {
+        return Err(TrainError::Input(format!(
+            "{}: no run to resume (no last.safetensors there); start it without --resume",
+            out_dir.display()
+        )));
+    }
 
-    let selected = device::select(config.device).map_err(input_err)?;
+    let selected = device::select(training_device(config.device, on_event)?).map_err(input_err)?;
     let device = selected.device.clone();
 
     // The network and its run state: resumed, from a super-net (fine-tuning), or fresh.
@@ -285,6 +292,30 @@ pub fn train(
             "the configuration lists no training pairs".into(),
         ));
     }
+    if let Some(previous) = &state.sampling
+        && *previous != config.sampling
+    {
+        return Err(TrainError::Input(format!(
+            "{}: the run was started with [sampling] {previous:?} but the configuration now \
+             says {:?}; a run's sampling cannot change (start a new run in another output_dir)",
+            last.display(),
+            config.sampling
+        )));
+    }
+    state.sampling = Some(config.sampling.clone());
+    if state.kind == "search"
+        && config.sampling.dense_arch.is_some()
+        && config.sampling.dense_warmup_iters >= config.schedule.supernet_iters
+    {
+        let _ = on_event(&Event::Note(format!(
+            "warning: sampling.dense_warmup_iters ({}) covers all {} super-net iterations: no \
+             architecture is drawn uniformly in this run",
+            config.sampling.dense_warmup_iters, config.schedule.supernet_iters
+        )));
+    }
+    // Only now, with every input read, does the run leave anything on disk.
+    std::fs::create_dir_all(&out_dir)
+        .map_err(|e| TrainError::Input(format!("{}: {e}", out_dir.display())))?;
 
     // Optimiser: SGD, momentum 0.9 (no dampening, as PyTorch), weight decay 4e-5.
     let sgd = SgdConfig::new()
@@ -474,6 +505,7 @@ impl RunState {
             w_fixed_ready: false,
             optimizer: None,
             seed,
+            sampling: None,
         }
     }
 }
@@ -504,6 +536,32 @@ fn batch(
     let one_hot_shape = [config.batch, classes, size[0], size[1], size[2]];
     let y = Tensor::from_data(TensorData::new(one_hot, one_hot_shape), device);
     (x, y)
+}
+
+/// Where a run trains. Burn 0.22's wgpu backend has no backward pass for trilinear
+/// up-sampling (the super-net's up cells), so training runs on the CPU backend: `auto` says
+/// so and `gpu` is refused before anything is written.
+fn training_device(
+    choice: device::DeviceChoice,
+    on_event: &mut dyn FnMut(&Event) -> ControlFlow<()>,
+) -> Result<device::DeviceChoice, TrainError> {
+    match choice {
+        device::DeviceChoice::Gpu => Err(TrainError::Input(
+            "device = \"gpu\": training needs the gradient of trilinear up-sampling, which \
+             Burn's wgpu backend does not implement; use device = \"cpu\" (inference and \
+             evaluation do run on the GPU)"
+                .into(),
+        )),
+        device::DeviceChoice::Auto => {
+            let _ = on_event(&Event::Note(
+                "device auto: training runs on the CPU backend (Burn's wgpu backend has no \
+                 gradient for trilinear up-sampling)"
+                    .into(),
+            ));
+            Ok(device::DeviceChoice::Cpu)
+        }
+        device::DeviceChoice::Cpu => Ok(device::DeviceChoice::Cpu),
+    }
 }
 
 /// The architecture of search iteration `i`: `dense` during the warm-up and, after it, with
