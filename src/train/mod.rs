@@ -202,7 +202,7 @@ pub fn train(
     let device = selected.device.clone();
 
     // The network and its run state: resumed, from a super-net (fine-tuning), or fresh.
-    let (network, mut ckpt_config, mut state) = if resume && last.exists() {
+    let (network, mut ckpt_config, mut state) = if resume {
         let ckpt = checkpoint::load(&last, &device).map_err(input_err)?;
         let state: RunState = ckpt
             .config
