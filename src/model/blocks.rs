@@ -8,13 +8,26 @@
 use burn::module::{Module, Param};
 use burn::tensor::module::{conv3d, interpolate};
 use burn::tensor::ops::{ConvOptions, InterpolateMode, InterpolateOptions};
-use burn::tensor::{Tensor, activation::relu};
+use burn::tensor::{DType, Device, Tensor, TensorData, activation::relu};
 
+use super::kernels::{self, ConvShape, NORM_EPS};
 use super::weights::{Init, Layout, ParamBuilder};
 use crate::arch::Op;
 
-/// Instance norm epsilon (PyTorch's default, used by MONAI).
-const NORM_EPS: f64 = 1e-5;
+/// Whether `x` lives on the plain CPU device (Flex without autodiff) in f32, where the
+/// hand-written inference kernels of [`kernels`] replace Burn's ops.
+fn on_plain_cpu(x: &Tensor<5>) -> bool {
+    let device = x.device();
+    // Device equality ignores autodiff: check it separately, or training would lose the
+    // gradients of every layer that these kernels compute.
+    x.dtype() == DType::F32 && !device.is_autodiff() && device == Device::flex()
+}
+
+/// The values of a parameter (a copy: the parameter keeps its own).
+fn param_values<const D: usize>(p: &Param<Tensor<D>>) -> Option<TensorData> {
+    let data = p.val().into_data();
+    (data.dtype() == DType::F32).then_some(data)
+}
 
 /// A 3D convolution with optional bias.
 #[derive(Module, Debug)]
@@ -70,6 +83,24 @@ impl Conv {
     /// - input: `[batch, c_in, x, y, z]`
     /// - output: `[batch, c_out, x', y', z']`
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
+        self.forward_inner(x, false)
+    }
+
+    /// `conv(relu(x))`, with the ReLU fused into the convolution's input copy on the CPU.
+    pub fn forward_relu(&self, x: Tensor<5>) -> Tensor<5> {
+        self.forward_inner(x, true)
+    }
+
+    fn forward_inner(&self, x: Tensor<5>, relu_input: bool) -> Tensor<5> {
+        let x = if on_plain_cpu(&x) {
+            match self.forward_cpu(x, relu_input) {
+                Ok(y) => return y,
+                Err(x) => *x,
+            }
+        } else {
+            x
+        };
+        let x = if relu_input { relu(x) } else { x };
         let options = ConvOptions::new(self.stride, self.padding, [1, 1, 1], 1);
         conv3d(
             x,
@@ -77,6 +108,54 @@ impl Conv {
             self.bias.as_ref().map(|b| b.val()),
             options,
         )
+    }
+
+    /// The CPU kernel for stride-1 "same" convolutions; hands `x` back for any other kind.
+    fn forward_cpu(&self, x: Tensor<5>, relu_input: bool) -> Result<Tensor<5>, Box<Tensor<5>>> {
+        let [c_out, c_in, k0, k1, k2] = self.weight.dims();
+        let kernel = [k0, k1, k2];
+        let same = kernel.iter().all(|k| k % 2 == 1) && self.padding == kernel.map(|k| k / 2);
+        let [batch, channels, sx, sy, sz] = x.dims();
+        if self.stride != [1; 3] || !same || channels != c_in {
+            return Err(Box::new(x));
+        }
+        let shape = ConvShape {
+            c_in,
+            c_out,
+            size: [sx, sy, sz],
+            kernel,
+        };
+        let Some(kernel) = kernels::choose(shape) else {
+            return Err(Box::new(x));
+        };
+        let Some(weight) = param_values(&self.weight) else {
+            return Err(Box::new(x));
+        };
+        let bias = match &self.bias {
+            Some(b) => match param_values(b) {
+                Some(b) => Some(b),
+                None => return Err(Box::new(x)),
+            },
+            None => None,
+        };
+        let device = x.device();
+        let data = x.into_data();
+        let bias = match &bias {
+            Some(b) => b.as_slice::<f32>().ok(),
+            None => Some(&[][..]),
+        };
+        let (Ok(input), Ok(weight), Some(bias)) =
+            (data.as_slice::<f32>(), weight.as_slice::<f32>(), bias)
+        else {
+            return Err(Box::new(Tensor::from_data(data, &device)));
+        };
+        let bias = (!bias.is_empty()).then_some(bias);
+        let mut out = Vec::with_capacity(batch * c_out * shape.volume());
+        for item in input.chunks(c_in * shape.volume()) {
+            out.extend(kernel.run(item, weight, bias, shape, relu_input));
+        }
+        let data = TensorData::new(out, [batch, c_out, sx, sy, sz]);
+        Ok(Tensor::from_data(data, &device))
     }
 }
 
@@ -118,6 +197,14 @@ impl Norm {
     /// # Shapes
     /// - input and output: `[batch, channels, x, y, z]`
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
+        let x = if on_plain_cpu(&x) {
+            match self.forward_cpu(x) {
+                Ok(y) => return y,
+                Err(x) => *x,
+            }
+        } else {
+            x
+        };
         let [batch, channels, sx, sy, sz] = x.dims();
         let flat = x.reshape([batch, channels, sx * sy * sz]);
         let (var, mean) = flat.clone().var_mean_bias(2);
@@ -130,6 +217,36 @@ impl Norm {
             y = y + b.val().reshape([1, channels, 1, 1, 1]);
         }
         y
+    }
+
+    /// The in-place CPU kernel; hands `x` back if a parameter is not f32.
+    fn forward_cpu(&self, x: Tensor<5>) -> Result<Tensor<5>, Box<Tensor<5>>> {
+        let params = [&self.weight, &self.bias].map(|p| p.as_ref().map(param_values));
+        // Each parameter as `Some(Some(values))`, absent as `Some(None)`, unusable as `None`.
+        let [gamma, beta] = params.each_ref().map(|p| match p {
+            None => Some(None),
+            Some(data) => data
+                .as_ref()
+                .and_then(|d| d.as_slice::<f32>().ok())
+                .map(Some),
+        });
+        let (Some(gamma), Some(beta)) = (gamma, beta) else {
+            return Err(Box::new(x));
+        };
+        let dims = x.dims();
+        let [_, channels, _, _, _] = dims;
+        let device = x.device();
+        let mut data = x.into_data();
+        let Ok(values) = data.as_mut_slice::<f32>() else {
+            return Err(Box::new(Tensor::from_data(data, &device)));
+        };
+        let volume: usize = dims[2..].iter().product();
+        if channels * volume > 0 {
+            for item in values.chunks_mut(channels * volume) {
+                kernels::instance_norm(item, channels, gamma, beta, None);
+            }
+        }
+        Ok(Tensor::from_data(data, &device))
     }
 }
 
@@ -145,6 +262,24 @@ pub fn resize_trilinear(x: Tensor<5>, size: [usize; 3]) -> Tensor<5> {
     if [sx, sy, sz] == size {
         return x;
     }
+    if on_plain_cpu(&x) && sx * sy * sz > 0 {
+        let device = x.device();
+        let data = x.into_data();
+        match data.as_slice::<f32>() {
+            Ok(values) => {
+                let out = kernels::resize_trilinear(values, batch * channels, [sx, sy, sz], size);
+                let shape = [batch, channels, size[0], size[1], size[2]];
+                return Tensor::from_data(TensorData::new(out, shape), &device);
+            }
+            Err(_) => return resize_trilinear_burn(Tensor::from_data(data, &device), size),
+        }
+    }
+    resize_trilinear_burn(x, size)
+}
+
+/// [`resize_trilinear`] with Burn's ops (any device).
+fn resize_trilinear_burn(x: Tensor<5>, size: [usize; 3]) -> Tensor<5> {
+    let [batch, channels, sx, sy, sz] = x.dims();
     let options = |out: [usize; 2]| {
         InterpolateOptions::new(InterpolateMode::Bilinear)
             .with_output_size(out)
@@ -214,6 +349,14 @@ impl FactorizedReduce {
     /// - input: `[batch, c_in, x, y, z]` with even x, y, z
     /// - output: `[batch, c_out, x / 2, y / 2, z / 2]`
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
+        let x = if on_plain_cpu(&x) {
+            match self.forward_cpu(x) {
+                Ok(y) => return self.norm.forward(y),
+                Err(x) => *x,
+            }
+        } else {
+            x
+        };
         let x = relu(x);
         let [batch, channels, sx, sy, sz] = x.dims();
         let shifted = x
@@ -222,6 +365,54 @@ impl FactorizedReduce {
         let even = self.conv_1.forward(x);
         let odd = self.conv_2.forward(shifted);
         self.norm.forward(Tensor::cat(vec![even, odd], 1))
+    }
+}
+
+impl FactorizedReduce {
+    /// The two strided 1x1 convolutions on the CPU, concatenated (before the norm): each
+    /// gathers its voxels (even, or odd) with the ReLU applied, then one matrix product.
+    /// Hands `x` back for odd sides or non-f32 weights.
+    fn forward_cpu(&self, x: Tensor<5>) -> Result<Tensor<5>, Box<Tensor<5>>> {
+        let [batch, c_in, sx, sy, sz] = x.dims();
+        let size = [sx, sy, sz];
+        let half = size.map(|s| s / 2);
+        let (Some(w1), Some(w2)) = (
+            param_values(&self.conv_1.weight),
+            param_values(&self.conv_2.weight),
+        ) else {
+            return Err(Box::new(x));
+        };
+        let [c1, c1_in, ..] = self.conv_1.weight.dims();
+        let [c2, c2_in, ..] = self.conv_2.weight.dims();
+        if size.iter().any(|s| s % 2 == 1 || *s == 0) || c1_in != c_in || c2_in != c_in {
+            return Err(Box::new(x));
+        }
+        let device = x.device();
+        let data = x.into_data();
+        let (Ok(values), Ok(w1), Ok(w2)) = (
+            data.as_slice::<f32>(),
+            w1.as_slice::<f32>(),
+            w2.as_slice::<f32>(),
+        ) else {
+            return Err(Box::new(Tensor::from_data(data, &device)));
+        };
+        let volume = sx * sy * sz;
+        let half_volume: usize = half.iter().product();
+        let mut out = Vec::with_capacity(batch * (c1 + c2) * half_volume);
+        for item in values.chunks(c_in * volume) {
+            for (parity, weight, c_out) in [(0, w1, c1), (1, w2, c2)] {
+                let gathered = kernels::gather_strided(item, c_in, size, parity);
+                let shape = ConvShape {
+                    c_in,
+                    c_out,
+                    size: half,
+                    kernel: [1; 3],
+                };
+                out.extend(kernels::conv3d_same(&gathered, weight, None, shape, true));
+            }
+        }
+        let shape = [batch, c1 + c2, half[0], half[1], half[2]];
+        Ok(Tensor::from_data(TensorData::new(out, shape), &device))
     }
 }
 
@@ -255,8 +446,7 @@ impl FactorizedIncrease {
     /// - input: `[batch, c_in, x, y, z]`
     /// - output: `[batch, c_out, 2x, 2y, 2z]`
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
-        let x = relu(upsample2(x));
-        self.norm.forward(self.conv.forward(x))
+        self.norm.forward(self.conv.forward_relu(upsample2(x)))
     }
 }
 
@@ -339,7 +529,7 @@ impl OpBlock {
     /// # Shapes
     /// - input and output: `[batch, c, x, y, z]`
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
-        let mut y = self.conv.forward(relu(x));
+        let mut y = self.conv.forward_relu(x);
         if let Some(conv_1) = &self.conv_1 {
             y = conv_1.forward(y);
         }

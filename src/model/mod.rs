@@ -10,6 +10,7 @@
 pub mod blocks;
 pub mod config;
 pub mod encoder;
+pub mod kernels;
 pub mod man;
 pub mod supernet;
 pub mod weights;

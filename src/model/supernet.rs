@@ -110,7 +110,7 @@ impl StemUp {
     }
 
     fn forward(&self, x: Tensor<5>) -> Tensor<5> {
-        let y = self.norm.forward(self.conv.forward(relu(x)));
+        let y = self.norm.forward(self.conv.forward_relu(x));
         if self.upsample { upsample2(y) } else { y }
     }
 }
@@ -364,7 +364,7 @@ impl SuperNet {
             };
             t = self.stem_up[level].forward(input);
         }
-        let y = self.final_norm.forward(self.final_conv.forward(relu(t)));
+        let y = self.final_norm.forward(self.final_conv.forward_relu(t));
         Ok(self.classifier.forward(y))
     }
 }
