@@ -243,7 +243,7 @@ impl Norm {
         let volume: usize = dims[2..].iter().product();
         if channels * volume > 0 {
             for item in values.chunks_mut(channels * volume) {
-                kernels::instance_norm(item, channels, gamma, beta, None);
+                kernels::instance_norm(item, channels, gamma, beta);
             }
         }
         Ok(Tensor::from_data(data, &device))

@@ -46,6 +46,24 @@ impl ConvShape {
     pub fn volume(&self) -> usize {
         self.size.iter().product()
     }
+
+    /// Checks the slices of one convolution call against the shape.
+    ///
+    /// # Panics
+    /// If a kernel side is even or a slice has the wrong length.
+    fn check(&self, input: &[f32], weight: &[f32], bias: Option<&[f32]>) {
+        let taps: usize = self.kernel.iter().product();
+        assert!(
+            self.kernel.iter().all(|k| k % 2 == 1),
+            "kernel {:?} is not odd",
+            self.kernel
+        );
+        assert_eq!(input.len(), self.c_in * self.volume(), "input length");
+        assert_eq!(weight.len(), self.c_out * self.c_in * taps, "weight length");
+        if let Some(b) = bias {
+            assert_eq!(b.len(), self.c_out, "bias length");
+        }
+    }
 }
 
 /// A raw pointer that rayon tasks may share; each task writes a disjoint range.
@@ -127,17 +145,9 @@ pub fn conv3d_same(
         size,
         kernel,
     } = shape;
+    shape.check(input, weight, bias);
     let volume = shape.volume();
     let taps: usize = kernel.iter().product();
-    assert!(
-        kernel.iter().all(|k| k % 2 == 1),
-        "kernel {kernel:?} is not odd"
-    );
-    assert_eq!(input.len(), c_in * volume, "input length");
-    assert_eq!(weight.len(), c_out * c_in * taps, "weight length");
-    if let Some(b) = bias {
-        assert_eq!(b.len(), c_out, "bias length");
-    }
 
     let pad = kernel.map(|k| k / 2);
     let row = size[2] + 2 * pad[2];
@@ -310,21 +320,15 @@ pub fn conv3d_winograd(
         c_in, c_out, size, ..
     } = shape;
     assert_eq!(shape.kernel, [3, 3, 3], "Winograd kernel");
-    assert_eq!(input.len(), c_in * shape.volume(), "input length");
-    assert_eq!(weight.len(), c_out * c_in * 27, "weight length");
+    shape.check(input, weight, bias);
     let tiles = size.map(|s| s.div_ceil(2));
     // Padded grid: one zero voxel before, and enough after for the last tile's 4 voxels.
     let grid = tiles.map(|t| 2 * t + 2);
-    let padded_shape = ConvShape {
-        size,
-        kernel: [3, 3, 3],
-        ..shape
-    };
     let row = grid[2];
     let plane = grid[1] * grid[2];
     let padded = pad_input(
         input,
-        padded_shape,
+        shape,
         [1, 1, 1],
         row,
         plane,
@@ -822,22 +826,16 @@ fn sum_f64(values: &[f32], f: impl Fn(f32) -> f32 + Copy) -> f64 {
 }
 
 /// In-place instance norm of `channels` equal slices of `x` (biased variance, eps 1e-5),
-/// then `* gamma[c] + beta[c]` when given, then `* scale[c]` when given.
+/// then `* gamma[c] + beta[c]` when given.
 ///
 /// # Panics
 /// If `x.len()` is not a multiple of `channels` or a parameter slice has the wrong length.
-pub fn instance_norm(
-    x: &mut [f32],
-    channels: usize,
-    gamma: Option<&[f32]>,
-    beta: Option<&[f32]>,
-    scale: Option<&[f32]>,
-) {
+pub fn instance_norm(x: &mut [f32], channels: usize, gamma: Option<&[f32]>, beta: Option<&[f32]>) {
     assert!(
         channels > 0 && x.len().is_multiple_of(channels),
         "norm shape"
     );
-    for p in [gamma, beta, scale].into_iter().flatten() {
+    for p in [gamma, beta].into_iter().flatten() {
         assert_eq!(p.len(), channels, "norm parameter length");
     }
     let volume = x.len() / channels;
@@ -848,9 +846,8 @@ pub fn instance_norm(
         let mean = sum_f64(v, |x| x) / volume as f64;
         let m = mean as f32;
         let var = sum_f64(v, |x| (x - m) * (x - m)) / volume as f64;
-        let s = scale.map_or(1.0, |s| s[c]);
-        let a = (gamma.map_or(1.0, |g| f64::from(g[c])) / (var + NORM_EPS).sqrt()) as f32 * s;
-        let b = beta.map_or(0.0, |b| b[c]) * s;
+        let a = (gamma.map_or(1.0, |g| f64::from(g[c])) / (var + NORM_EPS).sqrt()) as f32;
+        let b = beta.map_or(0.0, |b| b[c]);
         for x in v.iter_mut() {
             *x = (*x - m) * a + b;
         }
@@ -1026,13 +1023,12 @@ mod tests {
     }
 
     #[test]
-    fn instance_norm_with_affine_and_scale() {
+    fn instance_norm_with_affine_parameters() {
         let mut x: Vec<f32> = (0..24).map(|i| (i * i % 7) as f32 + 100.0).collect();
         let original = x.clone();
         let gamma = [2.0f32, 0.5, 1.0];
         let beta = [1.0f32, -1.0, 0.0];
-        let scale = [0.5f32, 3.0, 1.0];
-        instance_norm(&mut x, 3, Some(&gamma), Some(&beta), Some(&scale));
+        instance_norm(&mut x, 3, Some(&gamma), Some(&beta));
         for c in 0..3 {
             let v = &original[c * 8..][..8];
             let mean = v.iter().map(|&x| f64::from(x)).sum::<f64>() / 8.0;
@@ -1042,9 +1038,8 @@ mod tests {
                 .sum::<f64>()
                 / 8.0;
             for (k, &o) in v.iter().enumerate() {
-                let want = ((f64::from(o) - mean) / (var + NORM_EPS).sqrt() * f64::from(gamma[c])
-                    + f64::from(beta[c]))
-                    * f64::from(scale[c]);
+                let want = (f64::from(o) - mean) / (var + NORM_EPS).sqrt() * f64::from(gamma[c])
+                    + f64::from(beta[c]);
                 let got = f64::from(x[c * 8 + k]);
                 assert!((got - want).abs() < 1e-5, "channel {c}: {got} vs {want}");
             }
