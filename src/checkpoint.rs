@@ -200,7 +200,6 @@ impl CheckpointConfig {
                 self.network.num_classes
             ));
         }
-        let divisor = self.network.input_divisor();
         let max_roi = crate::inference::MAX_ROI;
         if self.roi.iter().any(|r| *r > max_roi) {
             return Err(format!(
@@ -208,11 +207,8 @@ impl CheckpointConfig {
                 self.roi
             ));
         }
-        if self.roi.iter().any(|r| *r == 0 || r % divisor != 0) {
-            return Err(format!(
-                "ROI {:?} must be a positive multiple of {divisor} in every dimension",
-                self.roi
-            ));
+        if let Some(problem) = self.network.input_size_problem(self.roi) {
+            return Err(format!("ROI {:?} {problem}", self.roi));
         }
         if self.network.has_man() && self.roi.iter().any(|r| *r < MIN_MAN_ROI) {
             return Err(format!(

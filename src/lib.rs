@@ -12,8 +12,10 @@
 //! - [`inference`]: pre-processing, sliding-window prediction, mapping results back.
 //! - [`train`]: Algorithm 1 (super-net training, annealing) and fine-tuning.
 //! - [`device`]: choosing between the wgpu and CPU backends.
+//! - [`alloc`]: allocator tuning for tensor-sized buffers.
 //! - [`app`]: the desktop explorer (eframe/egui); nothing else depends on it.
 
+pub mod alloc;
 pub mod app;
 pub mod arch;
 pub mod checkpoint;

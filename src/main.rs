@@ -8,5 +8,6 @@ mod cli;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    hypersegnas::alloc::keep_freed_memory();
     cli::run()
 }

@@ -76,4 +76,23 @@ fn the_cli_converts_json_to_monai_and_refuses_its_input_as_output() {
         before,
         "the input is untouched"
     );
+    // An existing output is replaced only with --force.
+    let again = |extra: &[&str]| {
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "arch".as_ref(),
+            "--preset".as_ref(),
+            "unet".as_ref(),
+            "-o".as_ref(),
+            pth.as_os_str(),
+        ];
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
+        run(&args)
+    };
+    let before = std::fs::read(&pth).unwrap();
+    let out = again(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pass --force"));
+    assert_eq!(std::fs::read(&pth).unwrap(), before);
+    assert!(again(&["--force"]).status.success());
+    assert_ne!(std::fs::read(&pth).unwrap(), before);
 }

@@ -150,7 +150,18 @@ fn invalid_inputs_are_errors_not_panics() {
         .forward(x, &code, WeightMode::Man)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("divisible by 32"), "{err}");
+    assert!(
+        err.contains("[40, 32, 32]") && err.contains("multiples of 16"),
+        "{err}"
+    );
+
+    // Four levels below a 16^3 input leave one voxel, which MONAI refuses too.
+    let x = Tensor::<5>::zeros([1, 1, 16, 16, 16], &cpu);
+    let err = network
+        .forward(x, &code, WeightMode::Plain)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("[1, 1, 1] voxels at level 3"), "{err}");
 
     let x = Tensor::<5>::zeros([1, 2, 32, 32, 32], &cpu);
     let err = network

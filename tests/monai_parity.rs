@@ -118,6 +118,50 @@ fn no_downsample_network_takes_sides_divisible_by_two_to_the_levels() {
 }
 
 #[test]
+fn sizes_below_monai_recommended_multiple_match_monai() {
+    // MONAI asks for multiples of 2^(D + 1) (2^D without downsampling) but runs any multiple
+    // of the deepest level's factor that leaves it more than one voxel: 3 x 2 x 1 voxels at
+    // 1/16 for the paper code, 3 x 5 x 2 at 1/4 without downsampling.
+    check_case(
+        &Device::flex(),
+        "paper_code_48x32x16",
+        "paper_code.pt",
+        arch_file("paper_code"),
+    );
+    check_case(
+        &Device::flex(),
+        "no_downsample_12x20x8",
+        "no_downsample.safetensors",
+        arch_file("no_downsample"),
+    );
+}
+
+#[test]
+fn architecture_on_the_upper_levels_takes_the_sizes_monai_runs() {
+    // Levels 0 and 1 of 3 only: 12 x 20 x 12 is not a multiple of 8, but no active cell
+    // reaches 1/8, so MONAI runs it, and so must we.
+    check_case(
+        &Device::flex(),
+        "upper_levels",
+        "upper_levels.pt",
+        arch_file("upper_levels"),
+    );
+}
+
+#[test]
+fn wgpu_sizes_below_monai_recommended_multiple_match_monai() {
+    let Some(device) = common::wgpu_device() else {
+        return;
+    };
+    check_case(
+        &device,
+        "paper_code_48x32x16",
+        "paper_code.pt",
+        arch_file("paper_code"),
+    );
+}
+
+#[test]
 fn pre_2023_keys_with_prefix_and_wrapper_match_monai() {
     check_case(
         &Device::flex(),
@@ -237,6 +281,45 @@ fn truncated_and_corrupted_torch_files_are_errors_naming_the_file() {
         };
         assert!(err.contains("broken.pt"), "{len}: {err}");
     }
+    // A flipped bit inside a tensor record fails the record's CRC-32 (torch.load would
+    // read different weights without a word).
+    let mut flipped = bytes.clone();
+    let zip = hypersegnas::monai::zip::ZipArchive::parse(&bytes).unwrap();
+    let entry = zip
+        .entries()
+        .iter()
+        .filter(|e| e.name.contains("/data/"))
+        .max_by_key(|e| e.size)
+        .unwrap();
+    let (start, end) = zip.stored_range(entry).unwrap().unwrap();
+    flipped[(start + end) / 2] ^= 0x10;
+    std::fs::write(&path, &flipped).unwrap();
+    let err = match open::open(&path, arch_file("legacy_keys").as_ref(), &Device::flex()) {
+        Ok(_) => panic!("a damaged tensor record loaded"),
+        Err(e) => e,
+    };
+    assert!(
+        err.contains("broken.pt") && err.contains("CRC-32") && err.contains(&entry.name),
+        "{err}"
+    );
+    // So does one in a record the loader has no use for (the version number).
+    let version = zip
+        .entries()
+        .iter()
+        .find(|e| e.name.ends_with("/version"))
+        .unwrap();
+    let (start, _) = zip.stored_range(version).unwrap().unwrap();
+    let mut flipped = bytes.clone();
+    flipped[start] ^= 0x01;
+    std::fs::write(&path, &flipped).unwrap();
+    let err = match open::open(&path, arch_file("legacy_keys").as_ref(), &Device::flex()) {
+        Ok(_) => panic!("a damaged version record loaded"),
+        Err(e) => e,
+    };
+    assert!(
+        err.contains("CRC-32") && err.contains(&version.name),
+        "{err}"
+    );
     // Flipped bytes: any error is fine, a panic is not.
     let mut state = 12345u32;
     for _ in 0..60 {
@@ -300,6 +383,43 @@ fn bin() -> Command {
 }
 
 #[test]
+fn info_verifies_a_searched_instance_with_its_arch_file() {
+    let info = |extra: &[&Path]| {
+        let mut cmd = bin();
+        cmd.arg("info").arg(fixture("all_ops.pt")).arg("--verify");
+        for (flag, value) in ["--arch"].iter().zip(extra) {
+            cmd.arg(flag).arg(value);
+        }
+        cmd.output().unwrap()
+    };
+    let out = info(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("all_ops.pt") && stderr.contains("--arch"),
+        "{stderr}"
+    );
+
+    let out = info(&[&fixture("all_ops_arch.pth")]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("verified    every tensor loads with")
+            && stdout.contains("all_ops_arch.pth"),
+        "{stdout}"
+    );
+
+    // Another network's architecture does not fit these tensors.
+    let out = info(&[&fixture("no_downsample_arch.pth")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("all_ops.pt"));
+}
+
+#[test]
 fn forward_cli_writes_monai_logits() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("logits.npy");
@@ -324,6 +444,37 @@ fn forward_cli_writes_monai_logits() {
 }
 
 #[test]
+fn forward_cli_warns_about_nan_inputs_and_keeps_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut patch = read_npy(&fixture("legacy_keys_input.npy")).unwrap();
+    patch.values[5] = f32::NAN;
+    patch.values[9] = f32::INFINITY;
+    let input = dir.path().join("nan.npy");
+    hypersegnas::monai::npy::write_npy(&input, &patch.shape, &patch.values).unwrap();
+    let out = dir.path().join("logits.npy");
+    let output = bin()
+        .args(["forward", "--device", "cpu", "--checkpoint"])
+        .arg(fixture("legacy_keys.pt"))
+        .arg("--arch")
+        .arg(fixture("legacy_keys_arch.pth"))
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("nan.npy: 2 of 1024 values are NaN or infinite"),
+        "{stderr}"
+    );
+    // As in PyTorch, the instance norms carry the NaN into every logit.
+    let logits = read_npy(&out).unwrap();
+    assert!(logits.values.iter().any(|v| v.is_nan()));
+}
+
+#[test]
 fn forward_cli_refuses_bad_patches_with_exit_code_2() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("logits.npy");
@@ -333,7 +484,7 @@ fn forward_cli_refuses_bad_patches_with_exit_code_2() {
         path
     };
     let wrong_channels = write("c2.npy", &[2, 16, 8, 8], &vec![0.0; 2 * 16 * 64]);
-    let wrong_size = write("odd.npy", &[1, 12, 8, 8], &vec![0.0; 12 * 64]);
+    let wrong_size = write("odd.npy", &[1, 10, 8, 8], &vec![0.0; 10 * 64]);
     let wrong_rank = write("rank.npy", &[16, 8, 8], &vec![0.0; 16 * 64]);
     let mut f64_bytes = std::fs::read(&wrong_rank).unwrap();
     let at = f64_bytes.windows(3).position(|w| w == b"<f4").unwrap();
@@ -342,7 +493,7 @@ fn forward_cli_refuses_bad_patches_with_exit_code_2() {
     std::fs::write(&wrong_dtype, f64_bytes).unwrap();
     for (input, needle) in [
         (&wrong_channels, "channels"),
-        (&wrong_size, "multiple of 8"),
+        (&wrong_size, "multiples of 4"),
         (&wrong_rank, "expected [C, D, H, W]"),
         (&wrong_dtype, "float32"),
     ] {

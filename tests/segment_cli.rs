@@ -210,6 +210,35 @@ fn bad_inputs_exit_with_code_2_and_write_nothing() {
         "{stderr}"
     );
     assert!(!mask.exists());
+
+    // An existing output is kept unless --force is given.
+    std::fs::write(&mask, b"an earlier result").unwrap();
+    let segment = |force: bool| {
+        let mut cmd = bin();
+        cmd.arg("segment")
+            .arg(&copy)
+            .arg("--checkpoint")
+            .arg(&ckpt)
+            .args(["--device", "cpu", "-o"])
+            .arg(&mask);
+        if force {
+            cmd.arg("--force");
+        }
+        run(&mut cmd)
+    };
+    let out = segment(false);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("mask.nii.gz: exists; pass --force"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&mask).unwrap(), b"an earlier result");
+    assert!(segment(true).status.success());
+    assert_eq!(
+        volume::read_volume(&mask).unwrap().dims,
+        volume::read_volume(&copy).unwrap().dims
+    );
 }
 
 #[test]

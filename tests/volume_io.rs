@@ -161,6 +161,7 @@ fn big_endian_float32_files_and_nans() {
     let v = read(&moved);
     assert_eq!(v.dims, [21, 26, 22]);
     assert!(v.data.iter().all(|x| x.is_finite()));
+    assert!(v.warnings.is_empty(), "{:?}", v.warnings);
     let (lo, hi) = finite_range(&v.data);
     assert_eq!(lo, 0.0);
     assert!((hi - 21199.9).abs() < 0.1, "{hi}");
@@ -168,6 +169,15 @@ fn big_endian_float32_files_and_nans() {
     let v = read(&resampled);
     assert_eq!(v.dims, [17, 21, 3]);
     assert_eq!(v.data.iter().filter(|x| x.is_nan()).count(), 153);
+    let note = v
+        .warnings
+        .iter()
+        .find(|w| w.contains("NaN or infinite"))
+        .expect("a warning about the NaN voxels");
+    assert!(
+        note.contains("153 of 1071 voxels") && note.contains("resampled_anat_moved.nii"),
+        "{note}"
+    );
     let (lo, hi) = finite_range(&v.data);
     assert!(
         (lo - 409.3).abs() < 0.01 && (hi - 13361.0).abs() < 0.5,

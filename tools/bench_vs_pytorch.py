@@ -5,13 +5,16 @@ In one sitting, for the DiNTS paper's architecture at channel_mul 1 (the pancrea
 network, about 152 M parameters) and a smaller one (channel_mul 0.25):
 
 - MONAI: DiNTS(TopologyInstance(...)) on CPU, float32, torch.set_num_threads(2), one warm-up
-  then --runs timed forward passes on a [1, 1, 96, 96, 96] input;
-- ours: `hypersegnas forward --repeat (runs + 1) --device cpu` with RAYON_NUM_THREADS=2 on
-  the same state dict (.pt) and arch file, first run dropped as warm-up;
+  forward pass on a [1, 1, 96, 96, 96] input;
+- then --runs rounds, each one timed MONAI forward pass followed by one run of ours,
+  `hypersegnas forward --repeat 2 --device cpu` with RAYON_NUM_THREADS=2 on the same state
+  dict (.pt) and arch file, its first pass dropped as warm-up. Alternating the two keeps a
+  machine whose speed drifts (a shared virtual machine) from favouring either side; the
+  ratio reported is the median of the rounds' ratios;
 
 then the sliding-window time of both on a crop of a real CT (--pipeline monai-pancreas with
-the smaller network: RAS, 1 mm, ROI 96, overlap 0.625, constant blending; 4 windows). It
-also reports how far apart the two networks' logits are.
+the smaller network: RAS, 1 mm, ROI 96, overlap 0.625, constant blending; 4 windows), in
+alternating rounds too. It also reports how far apart the two networks' logits are.
 
 Usage (from the repository root, after `cargo build`; the dev profile builds dependencies
 at opt-level 3):
@@ -40,25 +43,21 @@ CT = os.path.join(
 )
 
 
-def ours_forward(binary, ckpt, arch, x_path, out_path, runs):
+def ours_forward(binary, ckpt, arch, x_path, out_path):
+    """One warm-up and one timed forward pass of ours, in a fresh process."""
     env = dict(os.environ, RAYON_NUM_THREADS="2")
     cmd = [binary, "--log", "warn", "forward", "--device", "cpu", "--checkpoint", ckpt,
-           "--arch", arch, "--input", x_path, "--output", out_path, "--force",
-           "--repeat", str(runs + 1)]
+           "--arch", arch, "--input", x_path, "--output", out_path, "--force", "--repeat", "2"]
     text = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     times = [float(t) for t in re.search(r"forward times \(s\): ([\d. ]+)", text).group(1).split()]
-    return times[1:]
+    return times[1]
 
 
-def monai_forward(net, x, runs):
+def monai_forward(net, x):
     with torch.no_grad():
-        net(x)
-        times = []
-        for _ in range(runs):
-            t = time.perf_counter()
-            y = net(x)
-            times.append(time.perf_counter() - t)
-    return times, y[0].numpy()
+        t = time.perf_counter()
+        y = net(x)
+        return time.perf_counter() - t, y[0].numpy()
 
 
 def bench_network(binary, tmp, label, channel_mul, runs):
@@ -76,18 +75,25 @@ def bench_network(binary, tmp, label, channel_mul, runs):
     np.save(x_path, x)
     out = os.path.join(tmp, f"{slug}_ours.npy")
 
-    theirs, y = monai_forward(net, torch.from_numpy(x)[None], runs)
-    ours = ours_forward(binary, ckpt, arch, x_path, out, runs)
+    xt = torch.from_numpy(x)[None]
+    monai_forward(net, xt)  # warm-up
+    theirs, ours = [], []
+    for _ in range(runs):
+        t, y = monai_forward(net, xt)
+        theirs.append(t)
+        ours.append(ours_forward(binary, ckpt, arch, x_path, out))
     err = np.abs(np.load(out) - y).max() / np.abs(y).max()
     t_ours, t_theirs = statistics.median(ours), statistics.median(theirs)
-    print(f"{label}: {params / 1e6:.1f} M parameters, input 96^3, {runs} runs (median)")
+    ratio = statistics.median(o / t for o, t in zip(ours, theirs))
+    print(f"{label}: {params / 1e6:.1f} M parameters, input 96^3, {runs} rounds (median)")
     print(f"  ours     {t_ours:.3f} s  (runs: {' '.join(f'{t:.3f}' for t in ours)})")
     print(f"  PyTorch  {t_theirs:.3f} s  (runs: {' '.join(f'{t:.3f}' for t in theirs)})")
-    print(f"  ratio ours/PyTorch {t_ours / t_theirs:.2f}; logits rel. difference {err:.2e}")
+    print(f"  ratio ours/PyTorch {ratio:.2f} (median of the rounds); "
+          f"logits rel. difference {err:.2e}")
     return net, ckpt, arch
 
 
-def bench_sliding_window(binary, tmp, net, ckpt, arch):
+def bench_sliding_window(binary, tmp, runs, net, ckpt, arch):
     if not os.path.exists(CT):
         print(f"sliding window: skipped, {CT} is absent")
         return
@@ -108,9 +114,7 @@ def bench_sliding_window(binary, tmp, net, ckpt, arch):
     out = os.path.join(tmp, "labels.nii.gz")
     env = dict(os.environ, RAYON_NUM_THREADS="2")
     cmd = [binary, "segment", ct, "--checkpoint", ckpt, "--arch", arch, "--pipeline",
-           "monai-pancreas", "--device", "cpu", "-o", out]
-    text = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stderr
-    ours = float(re.search(r"inference done in ([\d.]+) s", text).group(1))
+           "monai-pancreas", "--device", "cpu", "--force", "-o", out]
 
     pre = Compose([
         LoadImaged(keys="image"), EnsureChannelFirstd(keys="image"),
@@ -118,17 +122,25 @@ def bench_sliding_window(binary, tmp, net, ckpt, arch):
         Spacingd(keys="image", pixdim=[1.0, 1.0, 1.0], mode="bilinear"),
         ScaleIntensityRanged(keys="image", a_min=-87, a_max=199, b_min=0.0, b_max=1.0, clip=True),
     ])
-    t = time.perf_counter()
-    d = pre({"image": ct})
     inferer = SlidingWindowInferer(roi_size=[96] * 3, sw_batch_size=1, overlap=0.625, mode="constant")
-    with torch.no_grad():
-        inferer(d["image"][None], net)
-    theirs = time.perf_counter() - t
+    theirs, ours = [], []
+    for _ in range(runs):
+        t = time.perf_counter()
+        d = pre({"image": ct})
+        with torch.no_grad():
+            inferer(d["image"][None], net)
+        theirs.append(time.perf_counter() - t)
+        text = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stderr
+        ours.append(float(re.search(r"inference done in ([\d.]+) s", text).group(1)))
     shape = tuple(d["image"].shape[1:])
+    ratio = statistics.median(o / t for o, t in zip(ours, theirs))
     print(f"sliding window on a 40 x 40 x 30 crop of {os.path.basename(CT)} (1 mm grid {shape}), "
-          "ROI 96, overlap 0.625, 4 windows:")
-    print(f"  ours {ours:.1f} s (pre-processing and inference), MONAI {theirs:.1f} s "
-          f"(transforms and SlidingWindowInferer); ratio {ours / theirs:.2f}")
+          f"ROI 96, overlap 0.625, 4 windows, {runs} rounds (median):")
+    print(f"  ours {statistics.median(ours):.2f} s (pre-processing and inference; runs: "
+          f"{' '.join(f'{t:.2f}' for t in ours)})")
+    print(f"  MONAI {statistics.median(theirs):.2f} s (transforms and SlidingWindowInferer; runs: "
+          f"{' '.join(f'{t:.2f}' for t in theirs)})")
+    print(f"  ratio ours/MONAI {ratio:.2f} (median of the rounds)")
 
 
 def main():
@@ -144,7 +156,7 @@ def main():
         if not args.skip_paper:
             bench_network(args.bin, tmp, "paper (channel_mul 1)", 1.0, args.runs)
         small = bench_network(args.bin, tmp, "small (channel_mul 0.25)", 0.25, args.runs)
-        bench_sliding_window(args.bin, tmp, *small)
+        bench_sliding_window(args.bin, tmp, args.runs, *small)
 
 
 if __name__ == "__main__":

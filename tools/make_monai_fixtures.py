@@ -198,6 +198,7 @@ def main():
     node_a = node_a_of(PAPER_A, 4)
     net = instance(PAPER_A, PAPER_C, node_a, 4, 12, 0.04, True, 1, 3)
     randomise(net, 1)
+    paper_net = net
     x = rng.standard_normal((1, 32, 32, 32)).astype(np.float32)
     write_case(
         cases,
@@ -271,6 +272,7 @@ def main():
     x = rng.standard_normal((1, 8, 8, 24)).astype(np.float32)
     np.save(os.path.join(OUT, "no_downsample_side8_input.npy"), x)
     np.save(os.path.join(OUT, "no_downsample_side8_logits.npy"), run(net, x))
+    no_downsample_net = net
 
     # 5. Pre-2023 key layout (op.ops.<op index>), DataParallel's `module.` prefix and a
     #    {"model": ...} wrapper, 2 levels.
@@ -294,6 +296,44 @@ def main():
     )
 
     pipeline_fixture(cases)
+
+    # 6. Sizes MONAI runs below its recommended multiple (its log asks for 2^(D + 1) with
+    #    downsampling): multiples of the deepest level's factor, odd counts there included.
+    #    The paper-code network (factor 16) on 48 x 32 x 16 leaves 3 x 2 x 1 voxels at its
+    #    deepest level; the no-downsample network (factor 4) on 12 x 20 x 8 leaves 3 x 5 x 2.
+    #    Drawn from their own generator so the cases above keep their inputs.
+    sizes_rng = np.random.default_rng(4832)
+    for name, net, shape in [
+        ("paper_code_48x32x16", paper_net, (1, 48, 32, 16)),
+        ("no_downsample_12x20x8", no_downsample_net, (1, 12, 20, 8)),
+    ]:
+        x = sizes_rng.standard_normal(shape).astype(np.float32)
+        y = run(net, x)
+        assert y.shape[1:] == shape[1:], f"{name}: MONAI returned {y.shape}"
+        np.save(os.path.join(OUT, f"{name}_input.npy"), x)
+        np.save(os.path.join(OUT, f"{name}_logits.npy"), y)
+        print(f"{name}: logits {y.shape}, max |y| {np.abs(y).max():.4f}")
+
+    # 7. An architecture that leaves the deepest of 3 levels unused: MONAI runs only the
+    #    active cells, so 12 x 20 x 12 (multiples of 4, not of 8) goes through.
+    levels = edge_levels(3)
+    a = np.zeros((3, len(levels)), dtype=np.int64)
+    c = np.zeros_like(a)
+    for layer in range(3):
+        for e, (src, dst) in enumerate(levels):
+            if src <= 1 and dst <= 1:
+                a[layer, e] = 1
+                c[layer, e] = 1 + (layer + e) % 4
+    node_a = node_a_of(a, 3)
+    net = instance(a, c, node_a, 3, 3, 0.0625, True, 1, 2)
+    randomise(net, 7)
+    x = sizes_rng.standard_normal((1, 12, 20, 12)).astype(np.float32)
+    write_case(
+        cases, "upper_levels", net, x, (node_a, a, c), {"pt": True},
+        {"scheme": "instance", "depths": 3, "layers": 3, "use_downsample": True,
+         "filters": [2, 4, 8, 16], "in_channels": 1, "classes": 2},
+    )
+    assert np.load(os.path.join(OUT, "upper_levels_logits.npy")).shape == (2, 12, 20, 12)
 
     with open(os.path.join(OUT, "cases.json"), "w") as f:
         json.dump(cases, f, indent=1)

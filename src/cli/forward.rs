@@ -88,6 +88,15 @@ pub fn run(args: ForwardArgs) -> CliResult {
             )));
         }
     };
+    let bad = patch.values.iter().filter(|v| !v.is_finite()).count();
+    if bad > 0 {
+        // Kept as given: the logits then hold NaN where PyTorch's would.
+        tracing::warn!(
+            "{}: {bad} of {} values are NaN or infinite; the logits will not be finite either",
+            args.input.display(),
+            patch.values.len()
+        );
+    }
 
     let selected = input(device::select(args.device))?;
     let started = Instant::now();
@@ -119,11 +128,9 @@ pub fn run(args: ForwardArgs) -> CliResult {
             config.in_channels
         )));
     }
-    let divisor = config.input_divisor();
-    if [d, h, w].iter().any(|s| *s == 0 || s % divisor != 0) {
+    if let Some(problem) = config.input_size_problem_for([d, h, w], &opened.arch) {
         return Err(Failure::Input(format!(
-            "{}: spatial size {:?} must be a positive multiple of {divisor} in every dimension \
-             for this network",
+            "{}: spatial size {:?} {problem}",
             args.input.display(),
             [d, h, w]
         )));
@@ -165,7 +172,12 @@ pub fn run(args: ForwardArgs) -> CliResult {
     }
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
-    let seconds = sorted[sorted.len() / 2];
+    let mid = sorted.len() / 2;
+    let seconds = if sorted.len() % 2 == 0 {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    } else {
+        sorted[mid]
+    };
     if args.repeat > 1 {
         let all: Vec<String> = times.iter().map(|t| format!("{t:.3}")).collect();
         println!(
@@ -175,6 +187,18 @@ pub fn run(args: ForwardArgs) -> CliResult {
         );
     }
     let classes = config.num_classes;
+    let overflowed = values.iter().filter(|v| !v.is_finite()).count();
+    if overflowed > 0 && bad == 0 {
+        // Finite inputs near f32::MAX (3e38 in a test pass) can overflow in an intermediate
+        // step where PyTorch stays finite; say so rather than hand back NaN in silence.
+        tracing::warn!(
+            "{}: {overflowed} of {} logits are NaN or infinite although every input value is \
+             finite (largest |input| {:e}); rescale inputs of that size",
+            args.output.display(),
+            values.len(),
+            patch.values.iter().fold(0f32, |m, v| m.max(v.abs()))
+        );
+    }
     input(npy::write_npy(&args.output, &[classes, d, h, w], &values))?;
     println!(
         "wrote {} ([{classes}, {d}, {h}, {w}] logits, forward {seconds:.3} s median)",

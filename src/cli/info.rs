@@ -4,27 +4,35 @@ use std::path::Path;
 
 use hypersegnas::arch::{self, ArchCode, SearchSpace};
 use hypersegnas::checkpoint;
-use hypersegnas::monai::open;
+use hypersegnas::monai::open::{self, ArchSpec};
 use hypersegnas::monai::{KeyScheme, StateDict, infer, read_arch_pth};
 use hypersegnas::volume;
 
-use super::{CliResult, input};
+use super::{CliResult, Failure, input};
 
-/// Prints what `path` holds.
-pub fn run(path: &Path, verify: bool) -> CliResult {
+/// Prints what `path` holds. `arch` (with `verify`) is the architecture to check a MONAI
+/// checkpoint with.
+pub fn run(path: &Path, verify: bool, arch: Option<&str>) -> CliResult {
     let name = path.to_string_lossy().to_ascii_lowercase();
     let is_torch = [".pt", ".pth", ".bin", ".ckpt"]
         .iter()
         .any(|e| name.ends_with(e));
-    if name.ends_with(".safetensors") && !open::is_native(path) {
-        monai_info(path, verify)
+    let arch = arch.map(ArchSpec::parse);
+    let monai = name.ends_with(".safetensors") && !open::is_native(path)
+        || is_torch && read_arch_pth(path).is_err();
+    if arch.is_some() && !monai {
+        return Err(Failure::Input(format!(
+            "{}: --arch applies to MONAI checkpoints only",
+            path.display()
+        )));
+    }
+    if monai {
+        monai_info(path, verify, arch.as_ref())
     } else if name.ends_with(".safetensors") {
         checkpoint_info(path, verify)
     } else if is_torch {
-        match read_arch_pth(path) {
-            Ok(code) => print_arch(path, &code, "MONAI architecture file"),
-            Err(_) => monai_info(path, verify),
-        }
+        let code = input(read_arch_pth(path))?;
+        print_arch(path, &code, "MONAI architecture file")
     } else if name.ends_with(".json") {
         arch_info(path)
     } else {
@@ -64,14 +72,17 @@ fn volume_info(path: &Path) -> CliResult {
         "codes       sform {} qform {}",
         v.header.sform_code, v.header.qform_code
     );
-    println!(
-        "values      {min} .. {max}{}",
-        if nan > 0 {
-            format!(" ({nan} NaN)")
-        } else {
-            String::new()
-        }
-    );
+    let range = if min <= max {
+        format!("{min} .. {max}")
+    } else {
+        "none but NaN".to_string()
+    };
+    let nan = if nan > 0 {
+        format!(" ({nan} NaN)")
+    } else {
+        String::new()
+    };
+    println!("values      {range}{nan}");
     println!("world_from_voxel");
     for row in &v.world_from_voxel[..3] {
         println!(
@@ -185,7 +196,7 @@ fn arch_info(path: &Path) -> CliResult {
     print_arch(path, &code, "architecture JSON")
 }
 
-fn monai_info(path: &Path, verify: bool) -> CliResult {
+fn monai_info(path: &Path, verify: bool, arch: Option<&ArchSpec>) -> CliResult {
     let sd = input(StateDict::open(path))?;
     let inferred = input(infer(&sd))?;
     let net = &inferred.config;
@@ -217,13 +228,20 @@ fn monai_info(path: &Path, verify: bool) -> CliResult {
         None => println!("arch        a searched instance: pass its arch file with --arch"),
     }
     if verify {
-        match &inferred.decoded {
-            Some(_) => {
-                input(open::open(path, None, &burn::tensor::Device::flex()))?;
-                println!("verified    every tensor loads with the decoded architecture");
+        let with = match (arch, &inferred.decoded) {
+            (Some(ArchSpec::File(file)), _) => file.display().to_string(),
+            (Some(ArchSpec::Preset(name)), _) => format!("the {name} preset"),
+            (Some(ArchSpec::Checkpoint), _) => "the checkpoint's own architecture".to_string(),
+            (None, Some(_)) => "the decoded architecture".to_string(),
+            (None, None) => {
+                return Err(Failure::Input(format!(
+                    "{}: --verify needs the architecture of this checkpoint (--arch FILE)",
+                    path.display()
+                )));
             }
-            None => println!("verify      needs an architecture; run `forward` with --arch"),
-        }
+        };
+        input(open::open(path, arch, &burn::tensor::Device::flex()))?;
+        println!("verified    every tensor loads with {with}");
     }
     Ok(())
 }

@@ -73,6 +73,10 @@ enum Command {
         /// reports any missing, unexpected or wrongly shaped tensor.
         #[arg(long)]
         verify: bool,
+        /// For a MONAI checkpoint: the architecture to verify it with (its arch file, a
+        /// preset or `checkpoint`); a searched instance needs one.
+        #[arg(long, requires = "verify")]
+        arch: Option<String>,
     },
     /// Create a freshly initialised checkpoint.
     Init(InitArgs),
@@ -242,6 +246,9 @@ struct ArchArgs {
     /// arch_code_a, arch_code_c; load with torch.load(path, weights_only=False)).
     #[arg(long)]
     export_monai: Option<PathBuf>,
+    /// Replace existing files at the output paths.
+    #[arg(long)]
+    force: bool,
 }
 
 /// Parses the command line, runs the command and turns failures into exit codes.
@@ -275,7 +282,7 @@ pub fn run() -> ExitCode {
         Command::Gui(args) => gui(args),
         Command::Segment(args) => segment::run(args),
         Command::Forward(args) => forward::run(args),
-        Command::Info { file, verify } => info::run(&file, verify),
+        Command::Info { file, verify, arch } => info::run(&file, verify, arch.as_deref()),
         Command::Init(args) => init(args),
         Command::Arch(args) => arch_command(args),
         Command::Evaluate(args) => evaluate::run(args),
@@ -390,6 +397,17 @@ fn arch_command(args: ArchArgs) -> CliResult {
                 out.display()
             )));
         }
+        if out.exists() && !args.force {
+            return Err(Failure::Input(format!(
+                "{}: exists; pass --force to replace it",
+                out.display()
+            )));
+        }
+    }
+    if args.output.is_some() && args.output == args.export_monai {
+        return Err(Failure::Input(
+            "--output and --export-monai name the same file".into(),
+        ));
     }
     if let Some(path) = args.output {
         let name = path.to_string_lossy().to_ascii_lowercase();

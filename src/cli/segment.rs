@@ -62,6 +62,9 @@ pub struct SegmentArgs {
     /// Where to run: auto (a hardware GPU if present, else CPU), gpu, cpu.
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceChoice,
+    /// Replace existing files at the output paths.
+    #[arg(long)]
+    force: bool,
 }
 
 /// Named inference pipelines.
@@ -95,6 +98,12 @@ pub fn run(args: SegmentArgs) -> CliResult {
     }
     for out in std::iter::once(&args.output).chain(args.probabilities.as_ref()) {
         input(volume::check_output_path(out))?;
+        if out.exists() && !args.force {
+            return Err(Failure::Input(format!(
+                "{}: exists; pass --force to replace it",
+                out.display()
+            )));
+        }
     }
     if args.batch == 0 {
         return Err(Failure::Input("--batch must be at least 1".into()));
@@ -246,7 +255,10 @@ fn finish(
     bar.finish_and_clear();
     let seg = match result {
         Ok(seg) => seg,
-        Err(e @ WindowError::Options(_)) => return Err(Failure::Input(e.to_string())),
+        // The options are checked against this network (ROI divisor, input channels).
+        Err(e @ WindowError::Options(_)) => {
+            return Err(Failure::Input(format!("{ckpt_name}: {e}")));
+        }
         Err(e @ WindowError::Model(hypersegnas::model::ModelError::Mode(_))) => {
             return Err(Failure::Input(format!("{ckpt_name}: {e}")));
         }

@@ -25,7 +25,8 @@ pub enum Blend {
 /// Sliding-window settings.
 #[derive(Clone, Debug)]
 pub struct WindowOptions {
-    /// Window size (x, y, z), divisible by the network's input divisor.
+    /// Window size (x, y, z), one the network accepts for the architecture
+    /// ([`crate::model::NetworkConfig::input_size_problem_for`]).
     pub roi: [usize; 3],
     /// Fraction of a window that overlaps its neighbour, in [0, 1).
     pub overlap: f32,
@@ -166,16 +167,13 @@ pub fn sliding_window_with(
     progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
 ) -> Result<Vec<f32>, WindowError> {
     let roi = options.roi;
-    let divisor = network.config.input_divisor();
-    if roi.iter().any(|r| *r == 0 || r % divisor != 0) {
-        return Err(WindowError::Options(format!(
-            "ROI {roi:?} must be a positive multiple of {divisor}"
-        )));
-    }
     if roi.iter().any(|r| *r > MAX_ROI) {
         return Err(WindowError::Options(format!(
             "ROI {roi:?} is larger than {MAX_ROI} voxels per side"
         )));
+    }
+    if let Some(problem) = network.config.input_size_problem_for(roi, arch) {
+        return Err(WindowError::Options(format!("ROI {roi:?} {problem}")));
     }
     let uses_man = matches!(options.mode, WeightMode::Man | WeightMode::Blend(_));
     let min_roi = crate::checkpoint::MIN_MAN_ROI;

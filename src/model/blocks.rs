@@ -5,6 +5,8 @@
 //! Tensors are `[batch, channels, x, y, z]`, the order in which MONAI hands a NIfTI volume
 //! to the network, so the pseudo-3D kernels act on the same axes as in MONAI.
 
+use burn::backend::Flex;
+use burn::backend::flex::FlexTensor;
 use burn::module::{Module, Param};
 use burn::tensor::module::{conv3d, interpolate};
 use burn::tensor::ops::{ConvOptions, InterpolateMode, InterpolateOptions};
@@ -16,17 +18,38 @@ use crate::arch::Op;
 
 /// Whether `x` lives on the plain CPU device (Flex without autodiff) in f32, where the
 /// hand-written inference kernels of [`kernels`] replace Burn's ops.
-fn on_plain_cpu(x: &Tensor<5>) -> bool {
+fn on_plain_cpu<const D: usize>(x: &Tensor<D>) -> bool {
     let device = x.device();
     // Device equality ignores autodiff: check it separately, or training would lose the
     // gradients of every layer that these kernels compute.
     x.dtype() == DType::F32 && !device.is_autodiff() && device == Device::flex()
 }
 
-/// The values of a parameter (a copy: the parameter keeps its own).
-fn param_values<const D: usize>(p: &Param<Tensor<D>>) -> Option<TensorData> {
-    let data = p.val().into_data();
-    (data.dtype() == DType::F32).then_some(data)
+/// The storage of a plain-CPU f32 tensor, held so that its values are read in place: no
+/// copy, even where other tensors share them (a node that several edges read, a
+/// parameter).
+struct CpuValues(FlexTensor);
+
+impl CpuValues {
+    /// `None` unless `x` is a contiguous f32 tensor on the plain CPU device.
+    fn of<const D: usize>(x: &Tensor<D>) -> Option<Self> {
+        if !on_plain_cpu(x) {
+            return None;
+        }
+        let primitive = x.clone().try_into_primitive::<Flex>().ok()?;
+        primitive.as_slice::<f32>()?;
+        Some(Self(primitive))
+    }
+
+    /// `None` if the parameter is absent, `Some(None)` if it cannot be read in place.
+    fn of_param(p: &Option<Param<Tensor<1>>>) -> Option<Option<Self>> {
+        p.as_ref().map(|p| Self::of(&p.val()))
+    }
+
+    fn values(&self) -> &[f32] {
+        // `of` checked that the slice exists.
+        self.0.as_slice::<f32>().unwrap_or_default()
+    }
 }
 
 /// A 3D convolution with optional bias.
@@ -110,13 +133,15 @@ impl Conv {
         )
     }
 
-    /// The CPU kernel for stride-1 "same" convolutions; hands `x` back for any other kind.
+    /// The CPU kernels for convolutions with "same" padding; hands `x` back for any other
+    /// kind.
     fn forward_cpu(&self, x: Tensor<5>, relu_input: bool) -> Result<Tensor<5>, Box<Tensor<5>>> {
         let [c_out, c_in, k0, k1, k2] = self.weight.dims();
         let kernel = [k0, k1, k2];
         let same = kernel.iter().all(|k| k % 2 == 1) && self.padding == kernel.map(|k| k / 2);
-        let [batch, channels, sx, sy, sz] = x.dims();
-        if self.stride != [1; 3] || !same || channels != c_in {
+        let [_, channels, sx, sy, sz] = x.dims();
+        let [stride, ..] = self.stride;
+        if self.stride != [stride; 3] || stride == 0 || !same || channels != c_in {
             return Err(Box::new(x));
         }
         let shape = ConvShape {
@@ -125,37 +150,33 @@ impl Conv {
             size: [sx, sy, sz],
             kernel,
         };
-        let Some(kernel) = kernels::choose(shape) else {
-            return Err(Box::new(x));
-        };
-        let Some(weight) = param_values(&self.weight) else {
-            return Err(Box::new(x));
-        };
-        let bias = match &self.bias {
-            Some(b) => match param_values(b) {
-                Some(b) => Some(b),
-                None => return Err(Box::new(x)),
-            },
+        let kernel = kernels::choose(shape, stride);
+        let bias = match CpuValues::of_param(&self.bias) {
             None => None,
+            Some(Some(b)) => Some(b),
+            Some(None) => return Err(Box::new(x)),
         };
-        let device = x.device();
-        let data = x.into_data();
-        let bias = match &bias {
-            Some(b) => b.as_slice::<f32>().ok(),
-            None => Some(&[][..]),
-        };
-        let (Ok(input), Ok(weight), Some(bias)) =
-            (data.as_slice::<f32>(), weight.as_slice::<f32>(), bias)
+        let (Some(input), Some(weight)) = (CpuValues::of(&x), CpuValues::of(&self.weight.val()))
         else {
-            return Err(Box::new(Tensor::from_data(data, &device)));
+            return Err(Box::new(x));
         };
-        let bias = (!bias.is_empty()).then_some(bias);
-        let mut out = Vec::with_capacity(batch * c_out * shape.volume());
+        let (input, weight) = (input.values(), weight.values());
+        let bias = bias.as_ref().map(CpuValues::values);
+        let out_size = shape.size.map(|s| kernels::output_side(s, stride));
+        let mut out = Vec::new();
         for item in input.chunks(c_in * shape.volume()) {
-            out.extend(kernel.run(item, weight, bias, shape, relu_input));
+            let y = kernel.run(item, weight, bias, shape, stride, relu_input);
+            // The first item's buffer becomes the output as it is (no copy at batch 1).
+            if out.is_empty() {
+                out = y;
+            } else {
+                out.extend(y);
+            }
         }
-        let data = TensorData::new(out, [batch, c_out, sx, sy, sz]);
-        Ok(Tensor::from_data(data, &device))
+        let [ox, oy, oz] = out_size;
+        let batch = x.dims()[0];
+        let data = TensorData::new(out, [batch, c_out, ox, oy, oz]);
+        Ok(Tensor::from_data(data, &x.device()))
     }
 }
 
@@ -219,20 +240,19 @@ impl Norm {
         y
     }
 
-    /// The in-place CPU kernel; hands `x` back if a parameter is not f32.
+    /// The in-place CPU kernel (in place when `x` is not shared, on a copy otherwise);
+    /// hands `x` back if a parameter is not f32.
     fn forward_cpu(&self, x: Tensor<5>) -> Result<Tensor<5>, Box<Tensor<5>>> {
-        let params = [&self.weight, &self.bias].map(|p| p.as_ref().map(param_values));
-        // Each parameter as `Some(Some(values))`, absent as `Some(None)`, unusable as `None`.
-        let [gamma, beta] = params.each_ref().map(|p| match p {
-            None => Some(None),
-            Some(data) => data
-                .as_ref()
-                .and_then(|d| d.as_slice::<f32>().ok())
-                .map(Some),
-        });
-        let (Some(gamma), Some(beta)) = (gamma, beta) else {
+        let [gamma, beta] = [&self.weight, &self.bias].map(CpuValues::of_param);
+        if matches!(gamma, Some(None)) || matches!(beta, Some(None)) {
             return Err(Box::new(x));
-        };
+        }
+        let gamma = gamma.flatten();
+        let beta = beta.flatten();
+        let (gamma, beta) = (
+            gamma.as_ref().map(CpuValues::values),
+            beta.as_ref().map(CpuValues::values),
+        );
         let dims = x.dims();
         let [_, channels, _, _, _] = dims;
         let device = x.device();
@@ -258,23 +278,34 @@ impl Norm {
 /// - input: `[batch, channels, x, y, z]`
 /// - output: `[batch, channels, size[0], size[1], size[2]]`
 pub fn resize_trilinear(x: Tensor<5>, size: [usize; 3]) -> Tensor<5> {
-    let [batch, channels, sx, sy, sz] = x.dims();
+    let [_, _, sx, sy, sz] = x.dims();
     if [sx, sy, sz] == size {
         return x;
     }
-    if on_plain_cpu(&x) && sx * sy * sz > 0 {
-        let device = x.device();
-        let data = x.into_data();
-        match data.as_slice::<f32>() {
-            Ok(values) => {
-                let out = kernels::resize_trilinear(values, batch * channels, [sx, sy, sz], size);
-                let shape = [batch, channels, size[0], size[1], size[2]];
-                return Tensor::from_data(TensorData::new(out, shape), &device);
-            }
-            Err(_) => return resize_trilinear_burn(Tensor::from_data(data, &device), size),
-        }
+    match resize_trilinear_cpu(x, size, false) {
+        Ok(y) => y,
+        Err(x) => resize_trilinear_burn(*x, size),
     }
-    resize_trilinear_burn(x, size)
+}
+
+/// [`resize_trilinear`] by the CPU kernel, with ReLU applied to the result when asked;
+/// hands `x` back on other devices.
+fn resize_trilinear_cpu(
+    x: Tensor<5>,
+    size: [usize; 3],
+    relu_output: bool,
+) -> Result<Tensor<5>, Box<Tensor<5>>> {
+    let [batch, channels, sx, sy, sz] = x.dims();
+    if !on_plain_cpu(&x) || sx * sy * sz == 0 {
+        return Err(Box::new(x));
+    }
+    let Some(input) = CpuValues::of(&x) else {
+        return Err(Box::new(x));
+    };
+    let from = [sx, sy, sz];
+    let out = kernels::resize_trilinear(input.values(), batch * channels, from, size, relu_output);
+    let shape = [batch, channels, size[0], size[1], size[2]];
+    Ok(Tensor::from_data(TensorData::new(out, shape), &x.device()))
 }
 
 /// [`resize_trilinear`] with Burn's ops (any device).
@@ -370,49 +401,58 @@ impl FactorizedReduce {
 
 impl FactorizedReduce {
     /// The two strided 1x1 convolutions on the CPU, concatenated (before the norm): each
-    /// gathers its voxels (even, or odd) with the ReLU applied, then one matrix product.
-    /// Hands `x` back for odd sides or non-f32 weights.
+    /// gathers its voxels (even, or odd) with the ReLU applied, then one matrix product per
+    /// tile. Hands `x` back for odd sides or non-f32 weights.
     fn forward_cpu(&self, x: Tensor<5>) -> Result<Tensor<5>, Box<Tensor<5>>> {
         let [batch, c_in, sx, sy, sz] = x.dims();
         let size = [sx, sy, sz];
         let half = size.map(|s| s / 2);
-        let (Some(w1), Some(w2)) = (
-            param_values(&self.conv_1.weight),
-            param_values(&self.conv_2.weight),
-        ) else {
-            return Err(Box::new(x));
-        };
         let [c1, c1_in, ..] = self.conv_1.weight.dims();
         let [c2, c2_in, ..] = self.conv_2.weight.dims();
         if size.iter().any(|s| s % 2 == 1 || *s == 0) || c1_in != c_in || c2_in != c_in {
             return Err(Box::new(x));
         }
-        let device = x.device();
-        let data = x.into_data();
-        let (Ok(values), Ok(w1), Ok(w2)) = (
-            data.as_slice::<f32>(),
-            w1.as_slice::<f32>(),
-            w2.as_slice::<f32>(),
+        let (Some(input), Some(w1), Some(w2)) = (
+            CpuValues::of(&x),
+            CpuValues::of(&self.conv_1.weight.val()),
+            CpuValues::of(&self.conv_2.weight.val()),
         ) else {
-            return Err(Box::new(Tensor::from_data(data, &device)));
+            return Err(Box::new(x));
         };
         let volume = sx * sy * sz;
         let half_volume: usize = half.iter().product();
         let mut out = Vec::with_capacity(batch * (c1 + c2) * half_volume);
-        for item in values.chunks(c_in * volume) {
-            for (parity, weight, c_out) in [(0, w1, c1), (1, w2, c2)] {
-                let gathered = kernels::gather_strided(item, c_in, size, parity);
-                let shape = ConvShape {
-                    c_in,
-                    c_out,
-                    size: half,
-                    kernel: [1; 3],
-                };
-                out.extend(kernels::conv3d_same(&gathered, weight, None, shape, true));
-            }
+        let pointwise = |c_out, size| ConvShape {
+            c_in,
+            c_out,
+            size,
+            kernel: [1; 3],
+        };
+        for item in input.values().chunks(c_in * volume) {
+            // Even voxels: a stride-2 1x1x1 convolution of the input as it is.
+            let even = pointwise(c1, size);
+            out.extend(kernels::conv3d_gather(
+                item,
+                w1.values(),
+                None,
+                even,
+                2,
+                true,
+            ));
+            // Odd voxels: gathered first, then a stride-1 one.
+            let odd = kernels::gather_strided(item, c_in, size, 1);
+            let shape = pointwise(c2, half);
+            out.extend(kernels::conv3d_gather(
+                &odd,
+                w2.values(),
+                None,
+                shape,
+                1,
+                true,
+            ));
         }
         let shape = [batch, c1 + c2, half[0], half[1], half[2]];
-        Ok(Tensor::from_data(TensorData::new(out, shape), &device))
+        Ok(Tensor::from_data(TensorData::new(out, shape), &x.device()))
     }
 }
 
@@ -446,7 +486,13 @@ impl FactorizedIncrease {
     /// - input: `[batch, c_in, x, y, z]`
     /// - output: `[batch, c_out, 2x, 2y, 2z]`
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
-        self.norm.forward(self.conv.forward_relu(upsample2(x)))
+        let [_, _, sx, sy, sz] = x.dims();
+        let y = match resize_trilinear_cpu(x, [2 * sx, 2 * sy, 2 * sz], true) {
+            // The ReLU went into the resize: the convolution reads its input in place.
+            Ok(up) => self.conv.forward(up),
+            Err(x) => self.conv.forward_relu(upsample2(*x)),
+        };
+        self.norm.forward(y)
     }
 }
 

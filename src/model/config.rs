@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::arch::{EdgeKind, SearchSpace};
+use crate::arch::{ArchCode, EdgeKind, SearchSpace};
 
 /// Everything needed to build the three networks of HyperSegNAS (super-net F, image encoder
 /// M and meta-assistant network H) with the right tensor shapes.
@@ -85,10 +85,138 @@ impl NetworkConfig {
         1 << (level + self.use_downsample as usize)
     }
 
-    /// Input sides must be divisible by this, `2^(D + 1)` with `use_downsample` and `2^D`
-    /// without (MONAI's rule): every level's factorized reduce needs even sizes.
+    /// Input sides must be multiples of this, the down-sampling factor of the deepest level
+    /// (`2^D` with `use_downsample`, `2^(D - 1)` without): every other level is then even,
+    /// as its factorized reduce needs, and each x2 upsampling lands on the finer level's size.
+    /// MONAI recommends twice this but runs every size [`Self::input_size_problem`] accepts
+    /// (`tools/make_monai_fixtures.py` checks it case by case).
     pub fn input_divisor(&self) -> usize {
-        1 << (self.space.num_depths + self.use_downsample as usize)
+        self.level_stride(self.space.num_depths.saturating_sub(1))
+    }
+
+    /// Why an input of spatial `size` cannot go through this network, or `None` when it can:
+    /// every side must be a positive multiple of [`Self::input_divisor`], and the deepest
+    /// level must hold more than one voxel (MONAI's instance norm refuses a single one, and
+    /// its output would not depend on the input).
+    pub fn input_size_problem(&self, size: [usize; 3]) -> Option<String> {
+        let m = self.input_divisor();
+        if size.iter().any(|s| *s == 0 || s % m != 0) {
+            Some(format!(
+                "must be a positive multiple of {m} in every dimension"
+            ))
+        } else if size.iter().all(|s| *s == m) {
+            Some(format!(
+                "leaves a single voxel at the network's deepest level (1/{m}); one side at \
+                 least must be {} or more",
+                2 * m
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// Why an input of spatial `size` cannot go through architecture `arch` (already
+    /// validated), or `None` when it can. Sizes that [`Self::input_size_problem`] accepts
+    /// fit every architecture; one that leaves the deeper levels unused also fits others,
+    /// as in MONAI, which runs only the active cells and head stems. The shapes are followed
+    /// as MONAI computes them:
+    /// - level `d`'s stem resizes each side to `floor(side / 2^d)`, then, with
+    ///   `use_downsample`, halves it with a stride-2 convolution (rounding up);
+    /// - a factorized reduce needs even sides, a factorized increase doubles them, and all
+    ///   edges into a node must agree;
+    /// - the head doubles from the deepest node of the last layer up to the input size,
+    ///   matching every active node on the way;
+    /// - every active node holds more than one voxel (instance norm).
+    pub fn input_size_problem_for(&self, size: [usize; 3], arch: &ArchCode) -> Option<String> {
+        if size.contains(&0) {
+            return Some("must be positive in every dimension".into());
+        }
+        let depths = self.space.num_depths;
+        if arch.num_depths() != depths || arch.num_edges() != self.space.num_edges() {
+            // Not this network's architecture: `ArchCode::validate` says so.
+            return None;
+        }
+        let node_a = arch.node_a();
+        let deepest = (0..depths)
+            .filter(|&d| node_a.iter().any(|row| row[d]))
+            .max()
+            .unwrap_or(0);
+        let hint = format!(
+            "; sides that are multiples of {} fit this architecture",
+            self.level_stride(deepest)
+        );
+        let fail = |what: String| Some(format!("{what}{hint}"));
+        let volume = |v: [usize; 3]| v.iter().fold(1usize, |n, s| n.saturating_mul(*s));
+        let ds = self.use_downsample;
+
+        let mut nodes: Vec<Option<[usize; 3]>> = (0..depths)
+            .map(|d| {
+                node_a[0][d].then(|| size.map(|s| if ds { (s >> d).div_ceil(2) } else { s >> d }))
+            })
+            .collect();
+        for (d, node) in nodes.iter().enumerate() {
+            if let Some(v) = node.filter(|v| volume(*v) <= 1) {
+                return fail(format!("leaves {v:?} voxels at level {d} after its stem"));
+            }
+        }
+        for layer in 0..arch.num_layers() {
+            let mut next: Vec<Option<[usize; 3]>> = vec![None; depths];
+            for edge in 0..arch.num_edges() {
+                let e = self.space.edge(edge);
+                let (Some(_), Some(v)) = (arch.get(layer, edge), nodes[e.source]) else {
+                    continue;
+                };
+                let out = match e.kind {
+                    EdgeKind::Same => v,
+                    EdgeKind::Up => v.map(|s| 2 * s),
+                    EdgeKind::Down => {
+                        if v.iter().any(|s| s % 2 == 1) {
+                            return fail(format!(
+                                "leaves {v:?} voxels at level {} where layer {layer}, edge \
+                                 {edge} halves them (a factorized reduce needs even sides)",
+                                e.source
+                            ));
+                        }
+                        v.map(|s| s / 2)
+                    }
+                };
+                match next[e.target] {
+                    Some(other) if other != out => {
+                        return fail(format!(
+                            "gives level {} of layer {layer} inputs of {other:?} and {out:?} \
+                             voxels",
+                            e.target
+                        ));
+                    }
+                    _ => next[e.target] = Some(out),
+                }
+            }
+            for (d, node) in next.iter().enumerate() {
+                if let Some(v) = node.filter(|v| volume(*v) <= 1) {
+                    return fail(format!("leaves {v:?} voxels at level {d} of layer {layer}"));
+                }
+            }
+            nodes = next;
+        }
+        // The head, as the super-net's forward pass runs it.
+        let start = (0..depths).rev().find(|&d| nodes[d].is_some()).unwrap_or(0);
+        let up = |level: usize, v: [usize; 3]| {
+            if ds || level > 0 { v.map(|s| 2 * s) } else { v }
+        };
+        let mut t = up(start, nodes[start]?);
+        for level in (0..start).rev() {
+            if let Some(v) = nodes[level].filter(|v| *v != t) {
+                return fail(format!(
+                    "gives the head {t:?} voxels from level {} but {v:?} at level {level}",
+                    level + 1
+                ));
+            }
+            t = up(level, t);
+        }
+        if t != size {
+            return fail(format!("comes back from the head as {t:?} voxels"));
+        }
+        None
     }
 
     /// Does this network have the HyperSegNAS parts (encoder M and MAN H)?
@@ -263,9 +391,122 @@ mod tests {
     #[test]
     fn input_divisor_follows_use_downsample() {
         let mut c = NetworkConfig::paper(1, 2);
-        assert_eq!(c.input_divisor(), 32);
-        c.use_downsample = false;
         assert_eq!(c.input_divisor(), 16);
+        c.use_downsample = false;
+        assert_eq!(c.input_divisor(), 8);
+        c.space.num_depths = 1;
+        assert_eq!(c.input_divisor(), 1);
+    }
+
+    #[test]
+    fn input_sizes_are_those_monai_runs() {
+        // The sizes MONAI 1.6.1's DiNTS ran (output size equal to the input's) among 1..=48
+        // for cubes, 4 levels with use_downsample: 32 and 48; without: 16, 24, 32, 40, 48.
+        let mut c = NetworkConfig::paper(1, 2);
+        let cubes = |c: &NetworkConfig| -> Vec<usize> {
+            (1..=48)
+                .filter(|&s| c.input_size_problem([s; 3]).is_none())
+                .collect()
+        };
+        assert_eq!(cubes(&c), vec![32, 48]);
+        c.use_downsample = false;
+        assert_eq!(cubes(&c), vec![16, 24, 32, 40, 48]);
+        c.space.num_depths = 2;
+        assert_eq!(cubes(&c), (2..=24).map(|k| 2 * k).collect::<Vec<_>>());
+        // One side of the divisor is fine when another gives the deepest level two voxels.
+        c.use_downsample = true;
+        c.space.num_depths = 4;
+        assert_eq!(c.input_size_problem([48, 32, 16]), None);
+        let single = c.input_size_problem([16, 16, 16]).unwrap();
+        assert!(single.contains("single voxel"), "{single}");
+        let odd = c.input_size_problem([48, 40, 24]).unwrap();
+        assert!(odd.contains("multiple of 16"), "{odd}");
+    }
+
+    /// The code with every edge on (a 3x3x3 convolution everywhere).
+    fn all_edges(c: &NetworkConfig) -> ArchCode {
+        let mut code = ArchCode::empty(c.space.num_layers, c.space.num_depths);
+        for layer in 0..c.space.num_layers {
+            for edge in 0..c.space.num_edges() {
+                code.set(layer, edge, Some(crate::arch::Op::Conv3x3x3));
+            }
+        }
+        code
+    }
+
+    #[test]
+    fn following_the_shapes_of_every_edge_gives_the_closed_form_rule() {
+        let mut c = NetworkConfig::paper(1, 2);
+        c.space.num_layers = 3;
+        for depths in 1..=5 {
+            for ds in [true, false] {
+                c.space.num_depths = depths;
+                c.use_downsample = ds;
+                let code = all_edges(&c);
+                for a in 1..=40 {
+                    for b in [a, 16, 24, 40] {
+                        let size = [a, b, 32];
+                        assert_eq!(
+                            c.input_size_problem_for(size, &code).is_none(),
+                            c.input_size_problem(size).is_none(),
+                            "{depths} levels, use_downsample {ds}, {size:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_architecture_on_the_upper_levels_takes_finer_sizes() {
+        // 3 levels; every edge among levels 0 and 1 on, level 2 unused (MONAI runs such a
+        // network on 12^3, which the all-level rule refuses).
+        let mut c = NetworkConfig::paper(1, 2);
+        c.space.num_layers = 3;
+        c.space.num_depths = 3;
+        let mut code = ArchCode::empty(3, 3);
+        for layer in 0..3 {
+            for edge in 0..c.space.num_edges() {
+                let e = c.space.edge(edge);
+                if e.source <= 1 && e.target <= 1 {
+                    code.set(layer, edge, Some(crate::arch::Op::Conv3x3x3));
+                }
+            }
+        }
+        assert!(c.input_size_problem([12, 12, 12]).is_some());
+        assert_eq!(c.input_size_problem_for([12, 12, 12], &code), None);
+        assert_eq!(c.input_size_problem_for([12, 20, 4], &code), None);
+        // 14 leaves 7 voxels at level 0 and 4 at level 1, which doubles to 8.
+        let odd = c.input_size_problem_for([14, 12, 12], &code).unwrap();
+        assert!(
+            odd.contains("inputs of [7, 6, 6] and [8, 6, 6] voxels")
+                && odd.contains("multiples of 4"),
+            "{odd}"
+        );
+        // Without the up edges, the reduce from level 0 meets the odd side first.
+        for layer in 0..3 {
+            code.set(layer, 1, None);
+            code.set(layer, 4, None);
+        }
+        let odd = c.input_size_problem_for([14, 12, 12], &code).unwrap();
+        assert!(
+            odd.contains("[7, 6, 6] voxels at level 0 where layer 0, edge 2 halves them"),
+            "{odd}"
+        );
+        // 2 leaves one voxel at level 0 (1/2) in every dimension.
+        let single = c.input_size_problem_for([2, 2, 2], &code).unwrap();
+        assert!(single.contains("[1, 1, 1] voxels at level 0"), "{single}");
+        // Level 0 alone takes any even side; 7 becomes 4 after the stem and 8 in the head.
+        let mut shallow = ArchCode::empty(3, 3);
+        for layer in 0..3 {
+            shallow.set(layer, 0, Some(crate::arch::Op::Conv3x3x3));
+        }
+        assert_eq!(c.input_size_problem_for([6, 10, 14], &shallow), None);
+        let odd = c.input_size_problem_for([7, 10, 14], &shallow).unwrap();
+        assert!(
+            odd.contains("comes back from the head as [8, 10, 14]"),
+            "{odd}"
+        );
     }
 
     #[test]

@@ -259,8 +259,8 @@ impl Network {
     /// Logits of architecture `arch` on `x` with channel weights from `mode`.
     ///
     /// # Shapes
-    /// - x: `[batch, in_channels, x, y, z]`, sides divisible by
-    ///   [`NetworkConfig::input_divisor`]
+    /// - x: `[batch, in_channels, x, y, z]`, a spatial size that
+    ///   [`NetworkConfig::input_size_problem_for`] accepts for `arch`
     /// - output: `[batch, classes, x, y, z]`
     pub fn forward(
         &self,
@@ -298,11 +298,10 @@ impl Network {
             }
             .into());
         }
-        let divisor = self.config.input_divisor();
-        if [sx, sy, sz].iter().any(|s| s % divisor != 0 || *s == 0) {
+        if let Some(problem) = self.config.input_size_problem_for([sx, sy, sz], arch) {
             return Err(ForwardError::InputSize {
                 size: [sx, sy, sz],
-                divisor,
+                problem,
             }
             .into());
         }

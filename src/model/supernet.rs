@@ -197,13 +197,13 @@ pub struct SuperNet {
 /// Errors of a forward pass that depend on the inputs (shapes, architecture).
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
-    /// An input side is not divisible as the network requires.
-    #[error("input size {size:?} must be divisible by {divisor} in every dimension")]
+    /// The input's spatial size does not fit the network's levels.
+    #[error("input size {size:?} {problem}")]
     InputSize {
         /// Spatial size of the input.
         size: [usize; 3],
-        /// Required divisor.
-        divisor: usize,
+        /// What is wrong with it ([`crate::model::NetworkConfig::input_size_problem_for`]).
+        problem: String,
     },
     /// The input has the wrong number of channels.
     #[error("input has {found} channels, the network expects {expected}")]
@@ -293,7 +293,8 @@ impl SuperNet {
     /// no weights and is left as it is; a skip across levels is scaled after its preprocess.
     ///
     /// # Shapes
-    /// - x: `[batch, in_channels, x, y, z]`, sides divisible by [`NetworkConfig::input_divisor`]
+    /// - x: `[batch, in_channels, x, y, z]`, a spatial size that
+    ///   [`NetworkConfig::input_size_problem_for`] accepts for `arch`
     /// - output: `[batch, classes, x, y, z]` logits
     pub fn forward(
         &self,

@@ -168,6 +168,6 @@ fn monai_config(network: &NetworkConfig) -> CheckpointConfig {
         .collect();
     let mut config = CheckpointConfig::new(network.clone(), classes);
     let divisor = network.input_divisor();
-    config.roi = [96usize.div_ceil(divisor) * divisor; 3];
+    config.roi = [(96usize.div_ceil(divisor) * divisor).max(2 * divisor); 3];
     config
 }

@@ -195,6 +195,9 @@ impl TorchArchive {
         let mut storages = HashMap::new();
         for entry in zip.entries() {
             let Some(key) = entry.name.strip_prefix(&data_prefix) else {
+                // Read only for its CRC-32 check, so that damage anywhere is reported; these
+                // records (version, byte order, ids) are a few bytes each.
+                zip.read(entry).map_err(&format)?;
                 continue;
             };
             let bytes = match zip.stored_range(entry).map_err(&format)? {

@@ -5,6 +5,11 @@
 //! map without copying the archive. Deflated entries (an archive re-zipped by another tool)
 //! are inflated into memory. Zip64 records (archives over 4 GiB) are understood.
 //! Encryption, multi-disk archives and other compression methods are refused.
+//!
+//! Every entry is checked against the CRC-32 its central-directory record holds, so a
+//! damaged file is an error rather than silently different weights. A CRC of 0 is taken as
+//! "not recorded": `torch.save` writes 0 for every entry after
+//! `torch.serialization.set_crc32_options(False)`, and `torch.load` reads such files.
 
 use std::borrow::Cow;
 use std::io::Read;
@@ -20,6 +25,8 @@ pub struct ZipEntry {
     compressed_size: u64,
     /// Size after decompression.
     pub size: u64,
+    /// CRC-32 of the decompressed bytes; 0 when the writer did not record one.
+    crc32: u32,
     /// Offset of the entry's local header.
     local_offset: u64,
 }
@@ -102,7 +109,8 @@ impl<'a> ZipArchive<'a> {
         self.entries.iter().find(|e| e.name == name)
     }
 
-    /// Byte range of a stored entry's data within the archive (`None` for compressed ones).
+    /// Byte range of a stored entry's data within the archive (`None` for compressed ones),
+    /// after checking those bytes against the entry's CRC-32.
     pub fn stored_range(&self, entry: &ZipEntry) -> Result<Option<(usize, usize)>, String> {
         let start = self.data_start(entry)?;
         if entry.method != 0 {
@@ -112,6 +120,7 @@ impl<'a> ZipArchive<'a> {
             .checked_add(entry.compressed_size as usize)
             .filter(|&e| e <= self.bytes.len())
             .ok_or_else(|| format!("entry '{}' runs past the end of the file", entry.name))?;
+        check_crc(entry, &self.bytes[start..end])?;
         Ok(Some((start, end)))
     }
 
@@ -123,8 +132,8 @@ impl<'a> ZipArchive<'a> {
             .filter(|&e| e <= self.bytes.len())
             .ok_or_else(|| format!("entry '{}' runs past the end of the file", entry.name))?;
         let raw = &self.bytes[start..end];
-        match entry.method {
-            0 => Ok(Cow::Borrowed(raw)),
+        let data = match entry.method {
+            0 => Cow::Borrowed(raw),
             8 => {
                 // Bound the output by the declared size so a corrupt archive cannot balloon.
                 let mut out = Vec::new();
@@ -141,14 +150,18 @@ impl<'a> ZipArchive<'a> {
                         entry.size
                     ));
                 }
-                Ok(Cow::Owned(out))
+                Cow::Owned(out)
             }
-            m => Err(format!(
-                "entry '{}' uses compression method {m}; only stored (0) and deflate (8) are \
-                 supported",
-                entry.name
-            )),
-        }
+            m => {
+                return Err(format!(
+                    "entry '{}' uses compression method {m}; only stored (0) and deflate (8) \
+                     are supported",
+                    entry.name
+                ));
+            }
+        };
+        check_crc(entry, &data)?;
+        Ok(data)
     }
 
     fn data_start(&self, entry: &ZipEntry) -> Result<usize, String> {
@@ -162,6 +175,26 @@ impl<'a> ZipArchive<'a> {
         let name_len = u16_at(self.bytes, at + 26).unwrap_or(0) as usize;
         let extra_len = u16_at(self.bytes, at + 28).unwrap_or(0) as usize;
         Ok(at + 30 + name_len + extra_len)
+    }
+}
+
+/// Compares `data` (an entry's decompressed bytes) with the CRC-32 the directory records.
+fn check_crc(entry: &ZipEntry, data: &[u8]) -> Result<(), String> {
+    if entry.crc32 == 0 {
+        return Ok(());
+    }
+    let mut crc = flate2::Crc::new();
+    crc.update(data);
+    if crc.sum() == entry.crc32 {
+        Ok(())
+    } else {
+        Err(format!(
+            "entry '{}' fails its CRC-32 check (recorded {:08x}, computed {:08x}): the file is \
+             damaged",
+            entry.name,
+            entry.crc32,
+            crc.sum()
+        ))
     }
 }
 
@@ -187,6 +220,7 @@ fn parse_central_entry(dir: &[u8], at: &mut usize) -> Option<ZipEntry> {
     }
     let flags = u16_at(dir, base + 8)?;
     let method = u16_at(dir, base + 10)?;
+    let crc32 = u32_at(dir, base + 16)?;
     let mut compressed_size = u32_at(dir, base + 20)? as u64;
     let mut size = u32_at(dir, base + 24)? as u64;
     let name_len = u16_at(dir, base + 28)? as usize;
@@ -233,6 +267,7 @@ fn parse_central_entry(dir: &[u8], at: &mut usize) -> Option<ZipEntry> {
         method,
         compressed_size,
         size,
+        crc32,
         local_offset,
     })
 }
@@ -242,12 +277,12 @@ mod tests {
     use super::*;
 
     fn stored_zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
-        write_zip(entries, false)
+        write_zip(entries, false, true)
     }
 
     /// An archive with the given entries, written by hand (the layout of APPNOTE 4.3),
-    /// stored or deflated.
-    fn write_zip(entries: &[(&str, &[u8])], deflate: bool) -> Vec<u8> {
+    /// stored or deflated, with CRC-32s or with 0 in their place.
+    fn write_zip(entries: &[(&str, &[u8])], deflate: bool, with_crc: bool) -> Vec<u8> {
         use std::io::Write;
         let mut out = Vec::new();
         let mut central = Vec::new();
@@ -262,7 +297,13 @@ mod tests {
                 data.to_vec()
             };
             let offset = out.len() as u32;
-            let crc = 0u32; // Not checked by the reader.
+            let crc = if with_crc {
+                let mut crc = flate2::Crc::new();
+                crc.update(data);
+                crc.sum()
+            } else {
+                0
+            };
             out.extend(LOCAL_SIGNATURE.to_le_bytes());
             out.extend([20, 0, 0, 0, method, 0, 0, 0, 0, 0]);
             out.extend(crc.to_le_bytes());
@@ -307,7 +348,7 @@ mod tests {
     #[test]
     fn reads_deflated_entries() {
         let data: Vec<u8> = (0..5000u32).map(|i| (i % 7) as u8).collect();
-        let bytes = write_zip(&[("a/data.pkl", b"x"), ("a/data/0", &data)], true);
+        let bytes = write_zip(&[("a/data.pkl", b"x"), ("a/data/0", &data)], true, true);
         let zip = ZipArchive::parse(&bytes).unwrap();
         let e = zip.entry("a/data/0").unwrap();
         assert_eq!(zip.stored_range(e).unwrap(), None);
@@ -321,6 +362,34 @@ mod tests {
                 let _ = zip.read(e);
             }
         }
+    }
+
+    #[test]
+    fn damaged_entries_fail_their_crc_unless_none_was_recorded() {
+        let data: Vec<u8> = (0..300u32).map(|i| (i * 7) as u8).collect();
+        for deflate in [false, true] {
+            let bytes = write_zip(&[("a/data/0", &data)], deflate, true);
+            let zip = ZipArchive::parse(&bytes).unwrap();
+            let e = zip.entry("a/data/0").unwrap();
+            assert_eq!(&*zip.read(e).unwrap(), &data[..]);
+        }
+        // One flipped bit in the stored tensor bytes (the local header is 30 + 8 bytes).
+        let mut bytes = write_zip(&[("a/data/0", &data)], false, true);
+        bytes[38 + 100] ^= 0x04;
+        let zip = ZipArchive::parse(&bytes).unwrap();
+        let e = zip.entry("a/data/0").unwrap();
+        let err = zip.stored_range(e).unwrap_err();
+        assert!(
+            err.contains("'a/data/0'") && err.contains("CRC-32"),
+            "{err}"
+        );
+        assert!(zip.read(e).unwrap_err().contains("CRC-32"));
+        // Written without CRCs (torch.serialization.set_crc32_options(False)): not checked.
+        let mut bytes = write_zip(&[("a/data/0", &data)], false, false);
+        bytes[38 + 100] ^= 0x04;
+        let zip = ZipArchive::parse(&bytes).unwrap();
+        let e = zip.entry("a/data/0").unwrap();
+        assert_eq!(zip.stored_range(e).unwrap(), Some((38, 338)));
     }
 
     #[test]

@@ -296,12 +296,8 @@ impl TrainConfig {
         }
         let net = self.network_config_unchecked()?;
         net.validate()?;
-        let divisor = net.input_divisor();
-        if self.patch.size.iter().any(|s| *s == 0 || s % divisor != 0) {
-            return Err(format!(
-                "patch size {:?} must be a positive multiple of {divisor}",
-                self.patch.size
-            ));
+        if let Some(problem) = net.input_size_problem(self.patch.size) {
+            return Err(format!("patch size {:?} {problem}", self.patch.size));
         }
         self.checkpoint_config(net).validate()
     }

@@ -78,6 +78,12 @@ fn read_volume_unguarded(path: &Path) -> Result<Volume, VolumeError> {
         read_voxels(&header_path, &mut source, HEADER_SIZE as u64, &layout)?
     };
     let data = apply_scaling(data, &header, &mut warnings, path);
+    if let Some(note) = non_finite_note(&data, layout.dims) {
+        warnings.push(format!(
+            "{}: {note}; segmentation counts them as 0 after intensity normalisation",
+            path.display()
+        ));
+    }
 
     let geometry = header_geometry(&header);
     for w in geometry.warnings {
@@ -290,6 +296,13 @@ fn apply_scaling(
     path: &Path,
 ) -> Vec<f32> {
     let slope = header.scl_slope;
+    if slope.is_infinite() {
+        // Not one of the spec's "no scaling" values (0, NaN), but unusable all the same.
+        warnings.push(format!(
+            "{}: scl_slope is {slope}; using no scaling",
+            path.display()
+        ));
+    }
     if slope == 0.0 || !slope.is_finite() {
         return data;
     }
@@ -305,6 +318,23 @@ fn apply_scaling(
         *v = *v * slope + inter;
     }
     data
+}
+
+/// "N of M voxels are NaN or infinite (the first at (x, y, z))", or `None` when all are
+/// finite. `dims` gives the voxel index of the first (x fastest).
+pub(crate) fn non_finite_note(data: &[f32], dims: [usize; 3]) -> Option<String> {
+    let first = data.iter().position(|v| !v.is_finite())?;
+    let count = data[first..].iter().filter(|v| !v.is_finite()).count();
+    let [nx, ny, _] = dims;
+    let at = [
+        first % nx.max(1),
+        first / nx.max(1) % ny.max(1),
+        first / (nx * ny).max(1),
+    ];
+    Some(format!(
+        "{count} of {} voxels are NaN or infinite (the first at {at:?})",
+        data.len()
+    ))
 }
 
 /// The header file for a path: itself, or for an `.img`/`.img.gz` its `.hdr`/`.hdr.gz`.
@@ -418,6 +448,19 @@ mod tests {
     }
 
     #[test]
+    fn non_finite_voxels_are_counted_and_located() {
+        assert_eq!(non_finite_note(&[0.0, 1.0, -3.5], [3, 1, 1]), None);
+        let mut data = vec![0.0; 2 * 3 * 4];
+        data[1 + 2 * (2 + 3 * 2)] = f32::NAN;
+        data[23] = f32::NEG_INFINITY;
+        let note = non_finite_note(&data, [2, 3, 4]).unwrap();
+        assert_eq!(
+            note,
+            "2 of 24 voxels are NaN or infinite (the first at [1, 2, 2])"
+        );
+    }
+
+    #[test]
     fn scaling_follows_nibabel_rules() {
         let path = Path::new("x.nii");
         let mut warnings = Vec::new();
@@ -436,6 +479,10 @@ mod tests {
         h.scl_inter = f32::INFINITY;
         assert_eq!(apply_scaling(vec![2.0], &h, &mut warnings, path), vec![4.0]);
         assert_eq!(warnings.len(), 1);
+        h.scl_slope = f32::NEG_INFINITY;
+        assert_eq!(apply_scaling(vec![2.0], &h, &mut warnings, path), vec![2.0]);
+        assert_eq!(warnings.len(), 2);
+        assert!(warnings[1].contains("scl_slope is -inf"), "{warnings:?}");
     }
 
     #[test]

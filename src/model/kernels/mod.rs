@@ -1,22 +1,30 @@
-//! Hand-written inference kernels for the CPU device, for the two layers that dominate a
-//! DiNTS forward pass: the stride-1 "same" convolution and the instance norm.
+//! Hand-written inference kernels for the CPU device, for the layers that dominate a DiNTS
+//! forward pass: the convolutions ([`choose`] picks one of three kinds per layer), the
+//! instance norm and the trilinear resize.
 //!
-//! The convolution reads its input in place instead of building an im2col matrix. The
-//! input is copied once into a zero-padded buffer (the ReLU that precedes every DiNTS
-//! convolution is applied during that copy), and the output is computed at every position
-//! of the padded grid's rows. In that grid, kernel tap `(a, b, c)` of the output at flat
-//! position `q` reads the input at `q + a * plane + b * row + c`, so each tap is one matrix
-//! product of the tap's `[c_out, c_in]` weights with a strided view of the padded input.
-//! The positions that fall in the padding are computed and dropped; that costs
-//! `(H + 2p)(W + 2p) / (H W)` more arithmetic (8 % at 48^2, 36 % at 12^2) and saves the
-//! im2col copy, which is 27 times the input for a 3x3x3 kernel.
-//!
-//! Work is split over output tiles small enough that a tile's accumulator stays in the
-//! core's cache across the kernel taps; each tile runs single-threaded matrix products on
-//! one rayon worker.
+//! - [`conv3d_winograd`] (`winograd.rs`): Winograd F(2, 3) for stride-1 kernels of 3 and 1.
+//! - [`conv3d_gather`] (`gather.rs`): im2col one tile at a time, for any stride.
+//! - [`conv3d_same`] (here): the direct stride-1 convolution. It reads its input in place
+//!   instead of building an im2col matrix. The input is copied once into a zero-padded buffer
+//!   (the ReLU that precedes every DiNTS convolution is applied during that copy), and the
+//!   output is computed at every position of the padded grid's rows. In that grid, kernel
+//!   tap `(a, b, c)` of the output at flat position `q` reads the input at
+//!   `q + a * plane + b * row + c`, so each tap is one matrix product of the tap's
+//!   `[c_out, c_in]` weights with a strided view of the padded input. The positions that fall
+//!   in the padding are computed and dropped; that costs `(H + 2p)(W + 2p) / (H W)` more
+//!   arithmetic (8 % at 48^2, 36 % at 12^2) and saves the im2col copy, which is 27 times the
+//!   input for a 3x3x3 kernel. Work is split over output tiles small enough that a tile's
+//!   accumulator stays in the core's cache across the kernel taps; each tile runs
+//!   single-threaded matrix products on one rayon worker.
+
+mod gather;
+mod winograd;
 
 use gemm::Parallelism;
 use rayon::prelude::*;
+
+pub use gather::{conv3d_gather, output_side};
+pub use winograd::{conv3d_winograd, supports as winograd_supports};
 
 /// Instance norm epsilon (PyTorch's default, used by MONAI).
 pub const NORM_EPS: f64 = 1e-5;
@@ -28,14 +36,14 @@ const GATHER_BELOW_CHANNELS: usize = 16;
 /// Target size, in floats, of one tile's accumulator (`c_out x tile`): 512 KiB.
 const TILE_FLOATS: usize = 128 * 1024;
 
-/// Shapes of a stride-1 convolution with "same" padding (`kernel / 2` on every side).
+/// Shapes of a convolution with "same" padding (`kernel / 2` on every side).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvShape {
     /// Input channels.
     pub c_in: usize,
     /// Output channels.
     pub c_out: usize,
-    /// Spatial size of input and output.
+    /// Spatial size of the input (and of the output at stride 1).
     pub size: [usize; 3],
     /// Kernel size, odd in every dimension.
     pub kernel: [usize; 3],
@@ -81,18 +89,35 @@ impl SharedPtr {
     }
 }
 
-/// Which kernel suits a convolution best, from `benches/conv_kernels.rs` (2 threads, AVX2):
-/// Winograd for 3x3x3 kernels from 8 to 256 input channels (2 to 2.6 times faster than
-/// Flex's im2col there), [`conv3d_same`] for the other stride-1 "same" convolutions up to
-/// 256 input channels, and `None` (Flex's im2col, faster on the deepest levels' 512
-/// channels at 6^3) otherwise.
-pub fn choose(shape: ConvShape) -> Option<ConvKernel> {
-    if shape.c_in > 256 {
-        None
-    } else if shape.kernel == [3, 3, 3] && shape.c_in >= 8 {
-        Some(ConvKernel::Winograd)
+/// Spatial volumes up to this size (8^3) run on [`conv3d_gather`]: the padded-grid kernels
+/// waste most of their work on the padding there, and one product over all positions
+/// keeps both threads busy.
+const SMALL_VOLUME: usize = 512;
+
+/// Which kernel suits a convolution with "same" padding and `stride` best, from
+/// `benches/conv_kernels.rs` (2 threads, AVX2; README, speed):
+/// - [`conv3d_gather`] for strided convolutions, small volumes, 1x1x1 kernels and more than
+///   256 input channels (the 512-channel level at 6^3: 0.61 of Flex's time);
+/// - [`conv3d_winograd`] for 3x3x3 kernels from 8 input channels and for the pseudo-3D
+///   kernels with two sides of 3 from 16 (0.45 to 0.6 of Flex's time);
+/// - [`conv3d_same`] for the rest (1x3x3-kind kernels with one side of 3, few channels).
+pub fn choose(shape: ConvShape, stride: usize) -> ConvKernel {
+    let wide_sides = shape.kernel.iter().filter(|&&k| k == 3).count();
+    let winograd_from = match wide_sides {
+        3 => 8,
+        2 => 16,
+        _ => usize::MAX,
+    };
+    if stride != 1
+        || shape.volume() <= SMALL_VOLUME
+        || shape.c_in > 256
+        || shape.kernel == [1, 1, 1]
+    {
+        ConvKernel::Gather
+    } else if winograd::supports(shape.kernel) && shape.c_in >= winograd_from {
+        ConvKernel::Winograd
     } else {
-        Some(ConvKernel::Direct)
+        ConvKernel::Direct
     }
 }
 
@@ -103,21 +128,30 @@ pub enum ConvKernel {
     Direct,
     /// [`conv3d_winograd`].
     Winograd,
+    /// [`conv3d_gather`].
+    Gather,
 }
 
 impl ConvKernel {
-    /// Runs the kernel (see [`conv3d_same`] for the arguments).
+    /// Runs the kernel (see [`conv3d_gather`] for the arguments); `stride` must be 1 for
+    /// all but [`ConvKernel::Gather`].
     pub fn run(
         self,
         input: &[f32],
         weight: &[f32],
         bias: Option<&[f32]>,
         shape: ConvShape,
+        stride: usize,
         relu_input: bool,
     ) -> Vec<f32> {
+        assert!(
+            stride == 1 || self == Self::Gather,
+            "{self:?} at stride {stride}"
+        );
         match self {
             Self::Direct => conv3d_same(input, weight, bias, shape, relu_input),
             Self::Winograd => conv3d_winograd(input, weight, bias, shape, relu_input),
+            Self::Gather => conv3d_gather(input, weight, bias, shape, stride, relu_input),
         }
     }
 }
@@ -159,7 +193,16 @@ pub fn conv3d_same(
     let reach = (kernel[0] - 1) * plane + (kernel[1] - 1) * row + (kernel[2] - 1);
     let channel_len = (n_out + reach).next_multiple_of(16);
 
-    let padded = pad_input(input, shape, pad, row, plane, channel_len, relu_input);
+    let padded = pad_input(
+        input,
+        shape,
+        pad,
+        row,
+        plane,
+        channel_len,
+        relu_input,
+        false,
+    );
 
     let mut offsets = Vec::with_capacity(taps);
     for a in 0..kernel[0] {
@@ -193,7 +236,8 @@ pub fn conv3d_same(
         .max(64)
         .next_multiple_of(16);
     let tiles = n_out.div_ceil(tile);
-    let mut grid = vec![0f32; c_out * n_out];
+    // Not zeroed: the first product of every tile overwrites its columns (checked below).
+    let mut grid: Vec<f32> = Vec::with_capacity(c_out * n_out);
     let dst = SharedPtr(grid.as_mut_ptr());
     let run_tile = |t: usize, columns: &mut Vec<f32>| {
         let q0 = t * tile;
@@ -266,6 +310,10 @@ pub fn conv3d_same(
     (0..tiles)
         .into_par_iter()
         .for_each_init(Vec::new, |columns, t| run_tile(t, columns));
+    // SAFETY: the tiles cover columns 0..n_out of all c_out rows, and each tile's first
+    // product (the gathered one, or tap 0's) runs without reading the destination, so every
+    // float was written; `c_out * n_out` is the capacity reserved above.
+    unsafe { grid.set_len(c_out * n_out) };
     drop(padded);
 
     // Keep the positions inside the volume (and add the bias).
@@ -297,381 +345,6 @@ pub fn conv3d_same(
     out
 }
 
-/// Floats that one Winograd block's transformed input and products may take together (the
-/// block then stays in this core's share of the last-level cache): 4 MiB.
-const WINOGRAD_BLOCK_FLOATS: usize = 1024 * 1024;
-
-/// `conv(relu(input))` for a 3x3x3 kernel with padding 1, by Winograd's minimal filtering
-/// F(2x2x2, 3x3x3): each 2x2x2 output tile is `A^T [(G g G^T) . (B^T d B)] A` taken along
-/// all three axes, which needs 64 multiplications per tile and channel pair instead of 216.
-/// The transforms' coefficients are 0, +-1 and +-1/2, so rounding stays at the level of the
-/// direct sum (checked against it in the tests). The products are 64 matrix products per
-/// block of tiles, `[c_out, c_in] x [c_in, tiles]`.
-///
-/// Same shapes as [`conv3d_same`]; `shape.kernel` must be `[3, 3, 3]`.
-pub fn conv3d_winograd(
-    input: &[f32],
-    weight: &[f32],
-    bias: Option<&[f32]>,
-    shape: ConvShape,
-    relu_input: bool,
-) -> Vec<f32> {
-    let ConvShape {
-        c_in, c_out, size, ..
-    } = shape;
-    assert_eq!(shape.kernel, [3, 3, 3], "Winograd kernel");
-    shape.check(input, weight, bias);
-    let tiles = size.map(|s| s.div_ceil(2));
-    // Padded grid: one zero voxel before, and enough after for the last tile's 4 voxels.
-    let grid = tiles.map(|t| 2 * t + 2);
-    let row = grid[2];
-    let plane = grid[1] * grid[2];
-    let padded = pad_input(
-        input,
-        shape,
-        [1, 1, 1],
-        row,
-        plane,
-        grid[0] * plane,
-        relu_input,
-    );
-    let u = winograd_weights(weight, c_out, c_in);
-
-    // Blocks: a run of tile rows (ty) within one tile plane (tz).
-    let per_tile = 64 * (c_in + c_out);
-    let rows_per_block = (WINOGRAD_BLOCK_FLOATS / per_tile / tiles[2]).clamp(1, tiles[1]);
-    let blocks_per_plane = tiles[1].div_ceil(rows_per_block);
-    let volume = shape.volume();
-    let mut out = vec![0f32; c_out * volume];
-    let dst = SharedPtr(out.as_mut_ptr());
-    (0..tiles[0] * blocks_per_plane)
-        .into_par_iter()
-        .for_each_init(Vec::new, |scratch: &mut Vec<f32>, block| {
-            let tz = block / blocks_per_plane;
-            let ty0 = (block % blocks_per_plane) * rows_per_block;
-            let ty1 = (ty0 + rows_per_block).min(tiles[1]);
-            let n = (ty1 - ty0) * tiles[2];
-            scratch.resize(
-                64 * (c_in + c_out) * n + 4 * 4 * 4 * (2 * rows_per_block + 2) * tiles[2],
-                0.0,
-            );
-            let (v, rest) = scratch.split_at_mut(64 * c_in * n);
-            let (m, work) = rest.split_at_mut(64 * c_out * n);
-            for ci in 0..c_in {
-                let channel = &padded[ci * grid[0] * plane..][..grid[0] * plane];
-                input_transform(
-                    channel,
-                    [tz, ty0, ty1],
-                    tiles[2],
-                    row,
-                    plane,
-                    work,
-                    v,
-                    ci,
-                    c_in,
-                    n,
-                );
-            }
-            for xi in 0..64 {
-                // SAFETY: m[xi] is `c_out x n` (row stride n), u[xi] is `c_out x c_in`
-                // contiguous, v[xi] is `c_in x n` (row stride n); all inside their buffers.
-                unsafe {
-                    gemm::gemm(
-                        c_out,
-                        n,
-                        c_in,
-                        m.as_mut_ptr().add(xi * c_out * n),
-                        1,
-                        n as isize,
-                        false,
-                        u.as_ptr().add(xi * c_out * c_in),
-                        1,
-                        c_in as isize,
-                        v.as_ptr().add(xi * c_in * n),
-                        1,
-                        n as isize,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
-                }
-            }
-            for co in 0..c_out {
-                let b = bias.map_or(0.0, |b| b[co]);
-                // SAFETY: this block writes only the voxels of its own tiles (planes 2tz,
-                // 2tz + 1 and rows 2ty0 .. 2ty1 of every channel); blocks do not overlap.
-                let channel =
-                    unsafe { std::slice::from_raw_parts_mut(dst.get().add(co * volume), volume) };
-                output_transform(
-                    m,
-                    co,
-                    c_out,
-                    n,
-                    [tz, ty0, ty1],
-                    tiles[2],
-                    size,
-                    b,
-                    work,
-                    channel,
-                );
-            }
-        });
-    out
-}
-
-/// `G g G^T` along three axes for every channel pair, laid out `[64][c_out][c_in]`.
-// The loops index several small arrays with the same counters; iterators would obscure that.
-#[allow(clippy::needless_range_loop)]
-fn winograd_weights(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
-    // G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]
-    let g = |w: [f32; 3]| -> [f32; 4] {
-        [
-            w[0],
-            0.5 * (w[0] + w[1] + w[2]),
-            0.5 * (w[0] - w[1] + w[2]),
-            w[2],
-        ]
-    };
-    let mut u = vec![0f32; 64 * c_out * c_in];
-    let dst = SharedPtr(u.as_mut_ptr());
-    (0..c_out).into_par_iter().for_each(|co| {
-        for ci in 0..c_in {
-            let k = &weight[(co * c_in + ci) * 27..][..27];
-            // Along x: [3][3][4]; then y: [3][4][4]; then z: [4][4][4].
-            let mut tx = [[[0f32; 4]; 3]; 3];
-            for a in 0..3 {
-                for b in 0..3 {
-                    let i = (a * 3 + b) * 3;
-                    tx[a][b] = g([k[i], k[i + 1], k[i + 2]]);
-                }
-            }
-            let mut ty = [[[0f32; 4]; 4]; 3];
-            for a in 0..3 {
-                for c in 0..4 {
-                    let col = g([tx[a][0][c], tx[a][1][c], tx[a][2][c]]);
-                    for b in 0..4 {
-                        ty[a][b][c] = col[b];
-                    }
-                }
-            }
-            for b in 0..4 {
-                for c in 0..4 {
-                    let col = g([ty[0][b][c], ty[1][b][c], ty[2][b][c]]);
-                    for (a, &value) in col.iter().enumerate() {
-                        let i = (((a * 4 + b) * 4 + c) * c_out + co) * c_in + ci;
-                        // SAFETY: `i < u.len()`, and only the task of output channel `co`
-                        // writes the entries of `co`.
-                        unsafe { *dst.get().add(i) = value };
-                    }
-                }
-            }
-        }
-    });
-    u
-}
-
-/// `B^T d` for the four values of one input run: `[d0 - d2, d1 + d2, d2 - d1, d1 - d3]`.
-#[inline(always)]
-fn bt(d0: f32, d1: f32, d2: f32, d3: f32) -> [f32; 4] {
-    [d0 - d2, d1 + d2, d2 - d1, d1 - d3]
-}
-
-/// Transforms channel `ci` of the tiles `tz, ty0..ty1, 0..tiles_x` into `v[xi][ci][tile]`.
-/// `work` holds at least `64 * (2 * rows + 2) * tiles_x` floats.
-#[allow(clippy::too_many_arguments)]
-fn input_transform(
-    channel: &[f32],
-    [tz, ty0, ty1]: [usize; 3],
-    tiles_x: usize,
-    row: usize,
-    plane: usize,
-    work: &mut [f32],
-    v: &mut [f32],
-    ci: usize,
-    c_in: usize,
-    n: usize,
-) {
-    let rows = 2 * (ty1 - ty0) + 2;
-    // x pass: xs[a][r][c][tx] for the 4 planes a and the block's rows r.
-    let (xs, ys) = work.split_at_mut(4 * rows * 4 * tiles_x);
-    for a in 0..4 {
-        for r in 0..rows {
-            let src = &channel[(2 * tz + a) * plane + (2 * ty0 + r) * row..][..row];
-            let base = (a * rows + r) * 4 * tiles_x;
-            let (x0, rest) = xs[base..base + 4 * tiles_x].split_at_mut(tiles_x);
-            let (x1, rest) = rest.split_at_mut(tiles_x);
-            let (x2, x3) = rest.split_at_mut(tiles_x);
-            for t in 0..tiles_x {
-                let d = &src[2 * t..2 * t + 4];
-                let o = bt(d[0], d[1], d[2], d[3]);
-                x0[t] = o[0];
-                x1[t] = o[1];
-                x2[t] = o[2];
-                x3[t] = o[3];
-            }
-        }
-    }
-    // y pass: ys[a][b][c][ty][tx], one output row at a time (two input rows each).
-    let nty = ty1 - ty0;
-    for a in 0..4 {
-        for c in 0..4 {
-            for ty in 0..nty {
-                let at = |r: usize| ((a * rows + 2 * ty + r) * 4 + c) * tiles_x;
-                for (b, (p, q, sign)) in BT_ROWS.into_iter().enumerate() {
-                    let out = ((((a * 4 + b) * 4 + c) * nty) + ty) * tiles_x;
-                    combine(
-                        &xs[at(p)..][..tiles_x],
-                        &xs[at(q)..][..tiles_x],
-                        sign,
-                        &mut ys[out..][..tiles_x],
-                    );
-                }
-            }
-        }
-    }
-    // z pass, into v[(a, b, c)][ci][ty * tiles_x + tx].
-    let len = nty * tiles_x;
-    for b in 0..4 {
-        for c in 0..4 {
-            let at = |a: usize| ((a * 4 + b) * 4 + c) * len;
-            for (a, (p, q, sign)) in BT_ROWS.into_iter().enumerate() {
-                let out = (((a * 4 + b) * 4 + c) * c_in + ci) * n;
-                combine(
-                    &ys[at(p)..][..len],
-                    &ys[at(q)..][..len],
-                    sign,
-                    &mut v[out..][..len],
-                );
-            }
-        }
-    }
-}
-
-/// The rows of `B^T` as `(p, q, sign)`: output `d[p] + sign * d[q]`.
-const BT_ROWS: [(usize, usize, f32); 4] = [(0, 2, -1.0), (1, 2, 1.0), (2, 1, -1.0), (1, 3, -1.0)];
-
-/// `out = a + sign * b`, element-wise.
-#[inline(always)]
-fn combine(a: &[f32], b: &[f32], sign: f32, out: &mut [f32]) {
-    for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
-        *o = a + sign * b;
-    }
-}
-
-/// `out = a + b + c` (`plus`) or `a - b - c`, element-wise: a row of `A^T`.
-#[inline(always)]
-fn combine3(a: &[f32], b: &[f32], c: &[f32], plus: bool, out: &mut [f32]) {
-    if plus {
-        for (((o, &a), &b), &c) in out.iter_mut().zip(a).zip(b).zip(c) {
-            *o = a + b + c;
-        }
-    } else {
-        for (((o, &a), &b), &c) in out.iter_mut().zip(a).zip(b).zip(c) {
-            *o = a - b - c;
-        }
-    }
-}
-
-/// `A^T m` for the four products of one run: `[m0 + m1 + m2, m1 - m2 - m3]`.
-#[inline(always)]
-fn at(m0: f32, m1: f32, m2: f32, m3: f32) -> [f32; 2] {
-    [m0 + m1 + m2, m1 - m2 - m3]
-}
-
-/// Writes output channel `co` of the block's tiles from the products `m[xi][co][tile]`,
-/// plus `bias`, into `channel` (`[size]`), dropping voxels past an odd side.
-#[allow(clippy::too_many_arguments)]
-fn output_transform(
-    m: &[f32],
-    co: usize,
-    c_out: usize,
-    n: usize,
-    [tz, ty0, ty1]: [usize; 3],
-    tiles_x: usize,
-    size: [usize; 3],
-    bias: f32,
-    work: &mut [f32],
-    channel: &mut [f32],
-) {
-    // z pass: zs[i][b][c][tile] for output planes i in 0..2 (A^T rows: m0 + m1 + m2 and
-    // m1 - m2 - m3).
-    let (zs, ys) = work.split_at_mut(2 * 16 * n);
-    for b in 0..4 {
-        for c in 0..4 {
-            let row = |a: usize| &m[(((a * 4 + b) * 4 + c) * c_out + co) * n..][..n];
-            combine3(
-                row(0),
-                row(1),
-                row(2),
-                true,
-                &mut zs[(b * 4 + c) * n..][..n],
-            );
-            combine3(
-                row(1),
-                row(2),
-                row(3),
-                false,
-                &mut zs[(16 + b * 4 + c) * n..][..n],
-            );
-        }
-    }
-    // y pass: ys[i][j][c][tile].
-    for i in 0..2 {
-        for c in 0..4 {
-            let row = |b: usize| &zs[(i * 16 + b * 4 + c) * n..][..n];
-            combine3(
-                row(0),
-                row(1),
-                row(2),
-                true,
-                &mut ys[((i * 2) * 4 + c) * n..][..n],
-            );
-            combine3(
-                row(1),
-                row(2),
-                row(3),
-                false,
-                &mut ys[((i * 2 + 1) * 4 + c) * n..][..n],
-            );
-        }
-    }
-    // x pass, written into the output rows.
-    let nty = ty1 - ty0;
-    for i in 0..2 {
-        let z = 2 * tz + i;
-        if z >= size[0] {
-            continue;
-        }
-        for j in 0..2 {
-            let at_y = |c: usize| ((i * 2 + j) * 4 + c) * n;
-            for ty in 0..nty {
-                let y = 2 * (ty0 + ty) + j;
-                if y >= size[1] {
-                    continue;
-                }
-                let dst = &mut channel[(z * size[1] + y) * size[2]..][..size[2]];
-                let base = ty * tiles_x;
-                for tx in 0..tiles_x {
-                    let t = base + tx;
-                    let o = at(
-                        ys[at_y(0) + t],
-                        ys[at_y(1) + t],
-                        ys[at_y(2) + t],
-                        ys[at_y(3) + t],
-                    );
-                    dst[2 * tx] = o[0] + bias;
-                    if 2 * tx + 1 < size[2] {
-                        dst[2 * tx + 1] = o[1] + bias;
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// Source index pairs and weights of a linear resize with `align_corners = true` from `from`
 /// to `to` samples, computed as PyTorch does (`i * (from - 1) / (to - 1)` in f32).
 fn linear_taps(from: usize, to: usize) -> Vec<(usize, usize, f32)> {
@@ -691,7 +364,7 @@ fn linear_taps(from: usize, to: usize) -> Vec<(usize, usize, f32)> {
 }
 
 /// Trilinear resize with `align_corners = true` of `channels` volumes `[from]` to `[to]`,
-/// one axis at a time (x, then y, then z).
+/// one axis at a time (x, then y, then z), then ReLU with `relu_output`.
 ///
 /// # Panics
 /// If `input.len()` is not `channels` volumes of `from`, or a side of `from` is 0.
@@ -700,6 +373,7 @@ pub fn resize_trilinear(
     channels: usize,
     from: [usize; 3],
     to: [usize; 3],
+    relu_output: bool,
 ) -> Vec<f32> {
     let v_in: usize = from.iter().product();
     let v_out: usize = to.iter().product();
@@ -739,6 +413,12 @@ pub fn resize_trilinear(
                 for ((o, &a), &b) in dst.iter_mut().zip(a).zip(b) {
                     *o = a + f * (b - a);
                 }
+                if relu_output {
+                    // Not `max`: NaN stays NaN, as in PyTorch.
+                    for o in dst.iter_mut() {
+                        *o = if *o < 0.0 { 0.0 } else { *o };
+                    }
+                }
             }
         });
     out
@@ -770,7 +450,10 @@ pub fn gather_strided(input: &[f32], channels: usize, size: [usize; 3], offset: 
 }
 
 /// Copies `[c_in, size]` into per-channel zero-padded grids of `channel_len` floats,
-/// applying ReLU on the way when asked.
+/// applying ReLU on the way when asked. With `split_rows` (which needs a padding of 1 along
+/// the rows), each padded row of `row` (even) floats holds its even positions first and its
+/// odd positions after them.
+#[allow(clippy::too_many_arguments)]
 fn pad_input(
     input: &[f32],
     shape: ConvShape,
@@ -779,26 +462,39 @@ fn pad_input(
     plane: usize,
     channel_len: usize,
     relu: bool,
+    split_rows: bool,
 ) -> Vec<f32> {
     let size = shape.size;
     let volume = shape.volume();
+    assert!(!split_rows || pad[2] == 1, "split rows need a padding of 1");
     let mut padded = vec![0f32; shape.c_in * channel_len];
     padded
         .par_chunks_mut(channel_len)
         .zip(input.par_chunks(volume))
         .for_each(|(dst, src)| {
+            // `max` would turn NaN into 0; keep NaN visible as PyTorch does.
+            let relu = |s: f32| if relu && s < 0.0 { 0.0 } else { s };
             for d in 0..size[0] {
                 for h in 0..size[1] {
                     let s = &src[(d * size[1] + h) * size[2]..][..size[2]];
-                    let start = (d + pad[0]) * plane + (h + pad[1]) * row + pad[2];
-                    let t = &mut dst[start..start + size[2]];
-                    if relu {
-                        // `max` would turn NaN into 0; keep NaN visible as PyTorch does.
-                        for (t, &s) in t.iter_mut().zip(s) {
-                            *t = if s < 0.0 { 0.0 } else { s };
+                    let line = (d + pad[0]) * plane + (h + pad[1]) * row;
+                    if split_rows {
+                        // Source x sits at padded position x + 1: even x at odd positions
+                        // (odd[x / 2]), odd x at even ones (even[x / 2 + 1]).
+                        let (even, odd) = dst[line..line + row].split_at_mut(row / 2);
+                        let mut pairs = s.chunks_exact(2);
+                        for ((pair, o), e) in (&mut pairs).zip(odd.iter_mut()).zip(&mut even[1..]) {
+                            *o = relu(pair[0]);
+                            *e = relu(pair[1]);
+                        }
+                        if let [last] = pairs.remainder() {
+                            odd[size[2] / 2] = relu(*last);
                         }
                     } else {
-                        t.copy_from_slice(s);
+                        let t = &mut dst[line + pad[2]..][..size[2]];
+                        for (t, &s) in t.iter_mut().zip(s) {
+                            *t = relu(s);
+                        }
                     }
                 }
             }
@@ -859,7 +555,7 @@ mod tests {
     use super::*;
 
     /// Direct convolution with zero padding, in f64.
-    fn reference(
+    pub(super) fn reference(
         input: &[f32],
         weight: &[f32],
         bias: Option<&[f32]>,
@@ -906,7 +602,34 @@ mod tests {
         out
     }
 
-    fn values(n: usize, seed: u32) -> Vec<f32> {
+    /// Input, weights and (with `with_bias`) bias for `shape`, from seeds `seed`, `seed + 1`
+    /// and `seed + 2`.
+    pub(super) fn operands(
+        shape: ConvShape,
+        seed: u32,
+        with_bias: bool,
+    ) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
+        let taps: usize = shape.kernel.iter().product();
+        let input = values(shape.c_in * shape.volume(), seed);
+        let weight = values(shape.c_out * shape.c_in * taps, seed + 1);
+        let bias = with_bias.then(|| values(shape.c_out, seed + 2));
+        (input, weight, bias)
+    }
+
+    /// Asserts `ours` and `want` have the same length and differ by at most `tolerance`
+    /// times `max(1, max |want|)` anywhere.
+    pub(super) fn assert_close(ours: &[f32], want: &[f32], tolerance: f32, case: &str) {
+        assert_eq!(ours.len(), want.len(), "{case}: length");
+        let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+        for (j, (a, b)) in ours.iter().zip(want).enumerate() {
+            assert!(
+                (a - b).abs() <= tolerance * scale,
+                "{case} at {j}: {a} vs {b}"
+            );
+        }
+    }
+
+    pub(super) fn values(n: usize, seed: u32) -> Vec<f32> {
         // A small deterministic generator; values in [-1, 1).
         let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
         (0..n)
@@ -942,51 +665,10 @@ mod tests {
                 size,
                 kernel,
             };
-            let taps: usize = kernel.iter().product();
-            let input = values(c_in * shape.volume(), 2 * i as u32);
-            let weight = values(c_out * c_in * taps, 2 * i as u32 + 1);
-            let bias = with_bias.then(|| values(c_out, 99));
+            let (input, weight, bias) = operands(shape, 3 * i as u32, with_bias);
             let ours = conv3d_same(&input, &weight, bias.as_deref(), shape, relu);
             let want = reference(&input, &weight, bias.as_deref(), shape, relu);
-            assert_eq!(ours.len(), want.len());
-            for (j, (a, b)) in ours.iter().zip(&want).enumerate() {
-                assert!(
-                    (a - b).abs() < 1e-5,
-                    "case {i} ({kernel:?}) at {j}: {a} vs {b}"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn winograd_matches_a_direct_loop_on_even_and_odd_sides() {
-        for (i, (size, c_in, c_out, relu, with_bias)) in [
-            ([4, 6, 8], 3, 5, true, false),
-            ([5, 3, 7], 4, 2, false, true),
-            ([1, 2, 1], 2, 3, true, true),
-            ([6, 10, 12], 16, 8, true, false),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let shape = ConvShape {
-                c_in,
-                c_out,
-                size,
-                kernel: [3, 3, 3],
-            };
-            let input = values(c_in * shape.volume(), 10 + i as u32);
-            let weight = values(c_out * c_in * 27, 20 + i as u32);
-            let bias = with_bias.then(|| values(c_out, 7));
-            let ours = conv3d_winograd(&input, &weight, bias.as_deref(), shape, relu);
-            let want = reference(&input, &weight, bias.as_deref(), shape, relu);
-            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-            for (j, (a, b)) in ours.iter().zip(&want).enumerate() {
-                assert!(
-                    (a - b).abs() <= 1e-5 * scale.max(1.0),
-                    "case {i} at {j}: {a} vs {b}"
-                );
-            }
+            assert_close(&ours, &want, 1e-5, &format!("case {i} ({kernel:?})"));
         }
     }
 
@@ -1006,7 +688,7 @@ mod tests {
                 }
             }
         }
-        let out = resize_trilinear(&input, 2, from, to);
+        let out = resize_trilinear(&input, 2, from, to, false);
         let mut i = 0;
         for c in 0..2 {
             for z in 0..to[0] {
