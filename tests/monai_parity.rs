@@ -472,6 +472,28 @@ fn forward_cli_warns_about_nan_inputs_and_keeps_them() {
     // As in PyTorch, the instance norms carry the NaN into every logit.
     let logits = read_npy(&out).unwrap();
     assert!(logits.values.iter().any(|v| v.is_nan()));
+
+    // A finite value near the f32 limit stays finite: its square would overflow f32 in the
+    // first instance norm (MONAI's logits, which accumulate it in f64 on the CPU, are too).
+    patch.values[5] = 3e38;
+    patch.values[9] = -2e38;
+    hypersegnas::monai::npy::write_npy(&input, &patch.shape, &patch.values).unwrap();
+    let output = bin()
+        .args(["forward", "--device", "cpu", "--force", "--checkpoint"])
+        .arg(fixture("legacy_keys.pt"))
+        .arg("--arch")
+        .arg(fixture("legacy_keys_arch.pth"))
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(!stderr.contains("NaN"), "{stderr}");
+    let logits = read_npy(&out).unwrap();
+    assert!(logits.values.iter().all(|v| v.is_finite()));
 }
 
 #[test]

@@ -502,12 +502,19 @@ fn pad_input(
     padded
 }
 
+const LANES: usize = 16;
+const BLOCK: usize = 1024;
+
+/// The largest magnitude [`sum_f64`] takes for the mean and the squared deviations
+/// without overflowing its f32 lanes: a lane adds `BLOCK / LANES` = 64 squares of at most
+/// `(2 * 2^60)^2`, 2^128 in all, just under `f32::MAX`.
+const LANE_SAFE: f32 = (1u64 << 60) as f32;
+
 /// Sum of `values` in f64, accumulated in f32 lanes over short blocks (vectorises, and
 /// loses nothing that matters at the block size).
 fn sum_f64(values: &[f32], f: impl Fn(f32) -> f32 + Copy) -> f64 {
-    const LANES: usize = 16;
     let mut total = 0f64;
-    for block in values.chunks(1024) {
+    for block in values.chunks(BLOCK) {
         let mut acc = [0f32; LANES];
         let mut chunks = block.chunks_exact(LANES);
         for chunk in &mut chunks {
@@ -519,6 +526,22 @@ fn sum_f64(values: &[f32], f: impl Fn(f32) -> f32 + Copy) -> f64 {
         total += acc.iter().map(|&a| f64::from(a)).sum::<f64>() + f64::from(tail);
     }
     total
+}
+
+/// Largest `|v|` of `values` (NaN ignored), in lanes like [`sum_f64`].
+fn peak(values: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let mut chunks = values.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a = a.max(v.abs());
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .chain(&acc)
+        .fold(0f32, |m, v| m.max(v.abs()))
 }
 
 /// In-place instance norm of `channels` equal slices of `x` (biased variance, eps 1e-5),
@@ -539,9 +562,20 @@ pub fn instance_norm(x: &mut [f32], channels: usize, gamma: Option<&[f32]>, beta
         return;
     }
     x.par_chunks_mut(volume).enumerate().for_each(|(c, v)| {
-        let mean = sum_f64(v, |x| x) / volume as f64;
+        let (mean, var) = if peak(v) <= LANE_SAFE {
+            let mean = sum_f64(v, |x| x) / volume as f64;
+            let m = mean as f32;
+            (mean, sum_f64(v, |x| (x - m) * (x - m)) / volume as f64)
+        } else {
+            // Squares this large overflow f32; PyTorch's CPU norm accumulates in f64 too.
+            let mean = v.iter().map(|&x| f64::from(x)).sum::<f64>() / volume as f64;
+            let var = v
+                .iter()
+                .map(|&x| (f64::from(x) - mean).powi(2))
+                .sum::<f64>();
+            (mean, var / volume as f64)
+        };
         let m = mean as f32;
-        let var = sum_f64(v, |x| (x - m) * (x - m)) / volume as f64;
         let a = (gamma.map_or(1.0, |g| f64::from(g[c])) / (var + NORM_EPS).sqrt()) as f32;
         let b = beta.map_or(0.0, |b| b[c]);
         for x in v.iter_mut() {
@@ -702,6 +736,19 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn instance_norm_of_values_near_the_f32_limit_stays_finite() {
+        // One value of 3e38 among small ones: its square overflows f32.
+        let mut x: Vec<f32> = (0..200).map(|i| (i % 5) as f32).collect();
+        x[17] = 3e38;
+        instance_norm(&mut x, 2, None, None);
+        assert!(x.iter().all(|v| v.is_finite()), "{:?}", &x[..20]);
+        // Of 100 values, one far above the rest normalises to sqrt(99).
+        assert!((x[17] - 99f32.sqrt()).abs() < 1e-3, "{}", x[17]);
+        assert!(x[100..].iter().all(|v| v.abs() < 2.0));
+        assert_eq!(peak(&[1.0, -7.0, f32::NAN, 3.0]), 7.0);
     }
 
     #[test]
