@@ -80,12 +80,44 @@ pub fn write_atomic(dest: &Path, bytes: &[u8]) -> io::Result<()> {
     file.commit()
 }
 
-/// True when `a` and `b` name the same existing file (after resolving links).
+/// True when `a` and `b` name the same file: one existing file (after resolving symbolic
+/// links; hard links too, on Unix), or, while one of them does not exist yet, the same name
+/// in the same folder once the folders are resolved (`x.nii` and `./x.nii`).
 pub fn same_file(a: &Path, b: &Path) -> bool {
     match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
+        (Ok(x), Ok(y)) => x == y || same_inode(&x, &y),
+        _ => resolved_name(a).is_some_and(|x| resolved_name(b) == Some(x)),
+    }
+}
+
+/// `path` with its folder resolved (for a file that need not exist).
+fn resolved_name(path: &Path) -> Option<PathBuf> {
+    let name = path.file_name()?;
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    Some(folder.canonicalize().ok()?.join(name))
+}
+
+#[cfg(unix)]
+fn same_inode(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
         _ => false,
     }
+}
+
+#[cfg(not(unix))]
+fn same_inode(_: &Path, _: &Path) -> bool {
+    false
+}
+
+/// True when something is at `path`, a dangling symbolic link included: an output that
+/// would replace it needs the user's leave (`--force`).
+pub fn occupied(path: &Path) -> bool {
+    path.symlink_metadata().is_ok()
 }
 
 #[cfg(test)]
@@ -102,6 +134,31 @@ mod tests {
         }
         assert!(!dest.exists());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn same_file_sees_through_spellings_and_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.nii");
+        let dotted = dir.path().join(".").join("a.nii");
+        // Neither exists yet: the same name in the same folder.
+        assert!(same_file(&a, &dotted));
+        assert!(!same_file(&a, &dir.path().join("b.nii")));
+        std::fs::write(&a, b"x").unwrap();
+        assert!(same_file(&a, &dotted));
+        #[cfg(unix)]
+        {
+            let hard = dir.path().join("hard.nii");
+            std::fs::hard_link(&a, &hard).unwrap();
+            assert!(same_file(&a, &hard));
+            let soft = dir.path().join("soft.nii");
+            std::os::unix::fs::symlink(&a, &soft).unwrap();
+            assert!(same_file(&soft, &a));
+            let dangling = dir.path().join("dangling.nii");
+            std::os::unix::fs::symlink(dir.path().join("missing.nii"), &dangling).unwrap();
+            assert!(occupied(&dangling) && !dangling.exists());
+        }
+        assert!(!occupied(&dir.path().join("b.nii")));
     }
 
     #[test]

@@ -96,3 +96,15 @@ fn the_cli_converts_json_to_monai_and_refuses_its_input_as_output() {
     assert!(again(&["--force"]).status.success());
     assert_ne!(std::fs::read(&pth).unwrap(), before);
 }
+
+#[test]
+fn a_pth_that_is_not_a_zip_is_named_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.pth");
+    std::fs::write(&path, b"garbage").unwrap();
+    let err = hypersegnas::monai::open::read_arch_file(&path).unwrap_err();
+    assert!(
+        err.contains("g.pth") && err.contains("torch.save zip"),
+        "{err}"
+    );
+}

@@ -246,3 +246,30 @@ fn channel_weights_do_not_scale_same_level_skips() {
         "a convolution edge ignored its channel weights ({diff})"
     );
 }
+
+#[test]
+fn inputs_smaller_than_a_kernel_tile_run_on_level_zero_codes() {
+    // Without downsampling and with every cell on level 0, sides of 1 and 2 voxels fit the
+    // network (MONAI runs them too); the CPU kernels must not assume a minimum size.
+    let cpu = Device::flex();
+    let mut config = NetworkConfig::demo(1, 2);
+    config.space = arch::SearchSpace::hypersegnas(2, 2);
+    config.use_downsample = false;
+    config.man_hidden.clear();
+    let network = Network::fresh(&config, &cpu, 0).unwrap();
+    let mut code = ArchCode::empty(2, 2);
+    code.set(0, 0, Some(arch::Op::Conv3x3x3));
+    code.set(1, 0, Some(arch::Op::Conv3x3x3));
+    for size in [[2, 2, 2], [2, 2, 3], [1, 2, 4]] {
+        let n: usize = size.iter().product();
+        let values: Vec<f32> = (0..n).map(|i| (i as f32 * 0.7).sin()).collect();
+        let x = Tensor::<5>::from_data(
+            TensorData::new(values, [1, 1, size[0], size[1], size[2]]),
+            &cpu,
+        );
+        let y = network.forward(x, &code, WeightMode::Plain).unwrap();
+        assert_eq!(y.dims(), [1, 2, size[0], size[1], size[2]]);
+        let y = y.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+        assert!(y.iter().all(|v| v.is_finite()), "{size:?}: {y:?}");
+    }
+}

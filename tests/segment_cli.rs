@@ -354,6 +354,10 @@ fn output_and_size_problems_are_refused_before_any_work() {
             "different files",
         ),
         (
+            vec!["-o", "same.nii.gz", "--probabilities", "./same.nii.gz"],
+            "different files",
+        ),
+        (
             vec!["-o", "m.nii.gz", "--roi", "100000"],
             "larger than 1024",
         ),

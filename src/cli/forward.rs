@@ -68,7 +68,7 @@ pub fn run(args: ForwardArgs) -> CliResult {
             args.output.display()
         )));
     }
-    if args.output.exists() && !args.force {
+    if hypersegnas::fsutil::occupied(&args.output) && !args.force {
         return Err(Failure::Input(format!(
             "{}: exists; pass --force to replace it",
             args.output.display()

@@ -222,6 +222,7 @@ fn monai_info(path: &Path, verify: bool, arch: Option<&ArchSpec>) -> CliResult {
             );
             print!("{}", code.to_grid_string());
         }
+        None if arch.is_some() => println!("arch        given with --arch"),
         None if inferred.scheme == KeyScheme::SearchSpace => {
             println!("arch        none stored: pass --arch (file or preset)")
         }

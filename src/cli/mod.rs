@@ -322,7 +322,7 @@ fn init(args: InitArgs) -> CliResult {
             args.output.display()
         )));
     }
-    if args.output.exists() && !args.force {
+    if hypersegnas::fsutil::occupied(&args.output) && !args.force {
         return Err(Failure::Input(format!(
             "{}: exists; pass --force to replace it",
             args.output.display()
@@ -397,14 +397,16 @@ fn arch_command(args: ArchArgs) -> CliResult {
                 out.display()
             )));
         }
-        if out.exists() && !args.force {
+        if hypersegnas::fsutil::occupied(out) && !args.force {
             return Err(Failure::Input(format!(
                 "{}: exists; pass --force to replace it",
                 out.display()
             )));
         }
     }
-    if args.output.is_some() && args.output == args.export_monai {
+    if let (Some(a), Some(b)) = (&args.output, &args.export_monai)
+        && hypersegnas::fsutil::same_file(a, b)
+    {
         return Err(Failure::Input(
             "--output and --export-monai name the same file".into(),
         ));

@@ -89,7 +89,7 @@ pub fn run(args: SegmentArgs) -> CliResult {
     if args
         .probabilities
         .as_ref()
-        .is_some_and(|p| p == &args.output || same_file(p, &args.output))
+        .is_some_and(|p| same_file(p, &args.output))
     {
         return Err(Failure::Input(format!(
             "{}: the label map and the probabilities need different files",
@@ -98,7 +98,7 @@ pub fn run(args: SegmentArgs) -> CliResult {
     }
     for out in std::iter::once(&args.output).chain(args.probabilities.as_ref()) {
         input(volume::check_output_path(out))?;
-        if out.exists() && !args.force {
+        if hypersegnas::fsutil::occupied(out) && !args.force {
             return Err(Failure::Input(format!(
                 "{}: exists; pass --force to replace it",
                 out.display()

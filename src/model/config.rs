@@ -141,9 +141,11 @@ impl NetworkConfig {
             .filter(|&d| node_a.iter().any(|row| row[d]))
             .max()
             .unwrap_or(0);
+        let factor = self.level_stride(deepest);
         let hint = format!(
-            "; sides that are multiples of {} fit this architecture",
-            self.level_stride(deepest)
+            "; sides that are multiples of {factor}, one of them {} or more, fit this \
+             architecture",
+            2 * factor
         );
         let fail = |what: String| Some(format!("{what}{hint}"));
         let volume = |v: [usize; 3]| v.iter().fold(1usize, |n, s| n.saturating_mul(*s));

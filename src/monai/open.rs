@@ -52,8 +52,15 @@ pub fn read_arch_file(path: &Path) -> Result<ArchCode, String> {
         .into_iter()
         .take(4)
         .collect::<Vec<u8>>();
+    let name = path.to_string_lossy().to_ascii_lowercase();
     if head.starts_with(b"PK") {
         import::read_arch_pth(path).map_err(|e| e.to_string())
+    } else if name.ends_with(".pth") || name.ends_with(".pt") {
+        Err(format!(
+            "{}: not an architecture file: MONAI's are torch.save zip archives, and this file \
+             does not start like one",
+            path.display()
+        ))
     } else {
         arch::read_arch_json(path).map_err(|e| e.to_string())
     }

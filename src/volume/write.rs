@@ -248,7 +248,7 @@ fn refuse_input_files(path: &Path, like: &Volume) -> Result<(), VolumeError> {
         return Ok(());
     }
     for input in input_files(&like.path) {
-        if same_file(path, &input) {
+        if crate::fsutil::same_file(path, &input) {
             return Err(VolumeError::SameAsInput {
                 path: path.to_path_buf(),
                 input,
@@ -268,28 +268,6 @@ fn input_files(path: &Path) -> Vec<PathBuf> {
         files.extend(with_suffixes(&stem, &pair, true));
     }
     files
-}
-
-/// Whether two paths name the same existing file (after resolving links).
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (fs::canonicalize(a), fs::canonicalize(b)) {
-        (Ok(x), Ok(y)) => x == y || same_inode(&x, &y),
-        _ => false,
-    }
-}
-
-#[cfg(unix)]
-fn same_inode(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (fs::metadata(a), fs::metadata(b)) {
-        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
-        _ => false,
-    }
-}
-
-#[cfg(not(unix))]
-fn same_inode(_: &Path, _: &Path) -> bool {
-    false
 }
 
 /// Distinguishes temporary files made by one process.

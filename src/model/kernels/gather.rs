@@ -124,7 +124,7 @@ pub fn conv3d_gather(
     }
 
     let tile = (COLUMN_FLOATS / depth)
-        .clamp(16, positions)
+        .clamp(16, positions.max(16))
         .next_multiple_of(16);
     let tiles = positions.div_ceil(tile);
     let dst = SharedPtr(out.as_mut_ptr());
@@ -322,5 +322,24 @@ mod tests {
         let ours = conv3d_gather(&input, &weight, None, shape, 1, true);
         let want = reference(&input, &weight, None, shape, true);
         assert_close(&ours, &want, 1e-5, "tiled");
+    }
+
+    #[test]
+    fn fewer_positions_than_one_tile() {
+        // A 1x1x1 kernel without ReLU runs in place, tile by tile, even on 2 x 2 x 3.
+        for size in [[2, 2, 2], [2, 2, 3], [1, 1, 1]] {
+            let shape = ConvShape {
+                c_in: 4,
+                c_out: 2,
+                size,
+                kernel: [1, 1, 1],
+            };
+            for with_bias in [true, false] {
+                let (input, weight, bias) = operands(shape, 5, with_bias);
+                let ours = conv3d_gather(&input, &weight, bias.as_deref(), shape, 1, false);
+                let want = reference(&input, &weight, bias.as_deref(), shape, false);
+                assert_close(&ours, &want, 1e-5, "small");
+            }
+        }
     }
 }
