@@ -252,6 +252,23 @@ fn info_describes_volumes_checkpoints_and_architectures() {
         text.contains("12 layers x 4 levels x 10 edges") && text.contains("spleen"),
         "{text}"
     );
+    let out = run(bin().arg("info").arg(&ckpt).arg("--verify"));
+    assert!(out.status.success());
+
+    // A NaN weight (as a diverged run saves) fails verification, naming the tensor.
+    let mut bytes = std::fs::read(&ckpt).unwrap();
+    let header = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let data = 8 + header;
+    bytes[data..data + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    let broken = dir.path().join("nan.safetensors");
+    std::fs::write(&broken, &bytes).unwrap();
+    let out = run(bin().arg("info").arg(&broken).arg("--verify"));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("nan.safetensors: 1 weight values in 1 tensor(s) are NaN"),
+        "{stderr}"
+    );
 
     let arch = dir.path().join("paper.json");
     let out = run(bin()

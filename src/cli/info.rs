@@ -4,6 +4,7 @@ use std::path::Path;
 
 use hypersegnas::arch::{self, ArchCode, SearchSpace};
 use hypersegnas::checkpoint;
+use hypersegnas::model::TensorSource;
 use hypersegnas::monai::open::{self, ArchSpec};
 use hypersegnas::monai::{KeyScheme, StateDict, infer, read_arch_pth};
 use hypersegnas::volume;
@@ -181,6 +182,7 @@ fn checkpoint_info(path: &Path, verify: bool) -> CliResult {
     }
     if verify {
         let started = std::time::Instant::now();
+        finite_weights(path, &file)?;
         let loaded = input(checkpoint::load(path, &burn::tensor::Device::flex()))?;
         println!(
             "verified    every tensor loads ({} parameters, {:.1} s)",
@@ -241,10 +243,38 @@ fn monai_info(path: &Path, verify: bool, arch: Option<&ArchSpec>) -> CliResult {
                 )));
             }
         };
+        finite_weights(path, &sd)?;
         input(open::open(path, arch, &burn::tensor::Device::flex()))?;
         println!("verified    every tensor loads with {with}");
     }
     Ok(())
+}
+
+/// Refuses a checkpoint holding NaN or infinite values (a diverged training run saves
+/// such weights, and every logit of the network is then NaN).
+fn finite_weights(path: &Path, source: &impl TensorSource) -> CliResult {
+    let mut keys = source.keys();
+    keys.sort();
+    let (mut bad, mut tensors, mut first) = (0usize, 0usize, None);
+    for key in &keys {
+        let Some(values) = source.values(key) else {
+            continue;
+        };
+        let n = values.iter().filter(|v| !v.is_finite()).count();
+        if n > 0 {
+            bad += n;
+            tensors += 1;
+            first.get_or_insert(key);
+        }
+    }
+    match first {
+        None => Ok(()),
+        Some(key) => Err(Failure::Input(format!(
+            "{}: {bad} weight values in {tensors} tensor(s) are NaN or infinite (the first \
+             in '{key}')",
+            path.display()
+        ))),
+    }
 }
 
 fn print_arch(path: &Path, code: &ArchCode, kind: &str) -> CliResult {
