@@ -89,7 +89,7 @@ impl NetworkConfig {
     /// (`2^D` with `use_downsample`, `2^(D - 1)` without): every other level is then even,
     /// as its factorized reduce needs, and each x2 upsampling lands on the finer level's size.
     /// MONAI recommends twice this but runs every size [`Self::input_size_problem`] accepts
-    /// (`tools/make_monai_fixtures.py` checks it case by case).
+    /// (the test `input_sizes_are_those_monai_runs` holds the sizes MONAI 1.6.1 ran).
     pub fn input_divisor(&self) -> usize {
         self.level_stride(self.space.num_depths.saturating_sub(1))
     }
