@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 /// A temporary file next to its destination that becomes the destination only when
 /// [`AtomicFile::commit`] is called. Dropped without commit, it removes itself, so a failed
-/// or interrupted writer never leaves a partial output behind.
+/// writer never leaves a partial output behind. A process killed by a signal (Ctrl-C) runs
+/// no drop: the destination is still never partial, but the hidden temporary file stays.
 pub struct AtomicFile {
     file: Option<File>,
     temp: PathBuf,

@@ -539,6 +539,21 @@ fn forward_cli_refuses_bad_patches_with_exit_code_2() {
         );
         assert!(!out.exists());
     }
+    // A missing output folder is refused before any work.
+    let output = bin()
+        .args(["forward", "--device", "cpu", "--checkpoint"])
+        .arg(fixture("legacy_keys.pt"))
+        .arg("--arch")
+        .arg(fixture("legacy_keys_arch.pth"))
+        .arg("--input")
+        .arg(fixture("legacy_keys_input.npy"))
+        .arg("--output")
+        .arg(dir.path().join("missing/logits.npy"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("does not exist") && !stderr.contains("forward pass done"));
     // The output may not overwrite the input.
     let output = bin()
         .args(["forward", "--device", "cpu", "--checkpoint"])

@@ -1742,11 +1742,18 @@ impl ExplorerApp {
             let l = ui.label("Patches per group:");
             ui.add(egui::DragValue::new(&mut self.fig7.per_group).range(1..=32))
                 .labelled_by(l.id);
+            // Without a truth the patches come from the prediction: show the box unticked
+            // then, and keep the choice for when a truth is loaded.
+            let has_truth = self.truth.is_some();
+            let mut from_truth = self.fig7.from_truth && has_truth;
             ui.add_enabled(
-                self.truth.is_some(),
-                egui::Checkbox::new(&mut self.fig7.from_truth, "from ground truth"),
+                has_truth,
+                egui::Checkbox::new(&mut from_truth, "from ground truth"),
             )
             .on_disabled_hover_text("load a ground-truth label map to sample from it");
+            if has_truth {
+                self.fig7.from_truth = from_truth;
+            }
         });
         ui.horizontal(|ui| {
             if ui

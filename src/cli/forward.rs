@@ -68,6 +68,17 @@ pub fn run(args: ForwardArgs) -> CliResult {
             args.output.display()
         )));
     }
+    let folder = match args.output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    if !folder.is_dir() {
+        return Err(Failure::Input(format!(
+            "{}: the folder {} does not exist",
+            args.output.display(),
+            folder.display()
+        )));
+    }
     if hypersegnas::fsutil::occupied(&args.output) && !args.force {
         return Err(Failure::Input(format!(
             "{}: exists; pass --force to replace it",
@@ -189,14 +200,16 @@ pub fn run(args: ForwardArgs) -> CliResult {
     let classes = config.num_classes;
     let overflowed = values.iter().filter(|v| !v.is_finite()).count();
     if overflowed > 0 && bad == 0 {
-        // Finite inputs near f32::MAX (3e38 in a test pass) can overflow in an intermediate
-        // step where PyTorch stays finite; say so rather than hand back NaN in silence.
+        // Most likely NaN or infinite weights (a diverged run); say so rather than hand
+        // back NaN in silence.
         tracing::warn!(
             "{}: {overflowed} of {} logits are NaN or infinite although every input value is \
-             finite (largest |input| {:e}); rescale inputs of that size",
+             finite (largest |input| {:e}); check the weights with `hypersegnas info {} \
+             --verify`",
             args.output.display(),
             values.len(),
-            patch.values.iter().fold(0f32, |m, v| m.max(v.abs()))
+            patch.values.iter().fold(0f32, |m, v| m.max(v.abs())),
+            args.checkpoint.display()
         );
     }
     input(npy::write_npy(&args.output, &[classes, d, h, w], &values))?;

@@ -282,6 +282,9 @@ fn finish(
         return Err(Failure::Input(e.to_string()));
     }
     println!("wrote {}", args.output.display());
+    if let Some(path) = &args.probabilities {
+        println!("wrote {} (class probabilities)", path.display());
+    }
     for (name, count) in ckpt.config.class_names.iter().zip(&seg.counts) {
         println!("  {name:<20} {count} voxels");
     }
