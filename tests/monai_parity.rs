@@ -382,6 +382,22 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_hypersegnas"))
 }
 
+/// `forward` on the CPU with the `legacy_keys` network and its arch file, plus `extra`.
+fn forward_legacy(input: &Path, output: &Path, extra: &[&str]) -> std::process::Output {
+    bin()
+        .args(["forward", "--device", "cpu", "--checkpoint"])
+        .arg(fixture("legacy_keys.pt"))
+        .arg("--arch")
+        .arg(fixture("legacy_keys_arch.pth"))
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(output)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn info_verifies_a_searched_instance_with_its_arch_file() {
     let info = |extra: &[&Path]| {
@@ -423,17 +439,7 @@ fn info_verifies_a_searched_instance_with_its_arch_file() {
 fn forward_cli_writes_monai_logits() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("logits.npy");
-    let status = bin()
-        .args(["forward", "--device", "cpu", "--checkpoint"])
-        .arg(fixture("legacy_keys.pt"))
-        .arg("--arch")
-        .arg(fixture("legacy_keys_arch.pth"))
-        .arg("--input")
-        .arg(fixture("legacy_keys_input.npy"))
-        .arg("--output")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let status = forward_legacy(&fixture("legacy_keys_input.npy"), &out, &[]);
     assert!(status.status.success(), "{status:?}");
     let ours = read_npy(&out).unwrap();
     let expected = read_npy(&fixture("legacy_keys_logits.npy")).unwrap();
@@ -452,17 +458,7 @@ fn forward_cli_warns_about_nan_inputs_and_keeps_them() {
     let input = dir.path().join("nan.npy");
     hypersegnas::monai::npy::write_npy(&input, &patch.shape, &patch.values).unwrap();
     let out = dir.path().join("logits.npy");
-    let output = bin()
-        .args(["forward", "--device", "cpu", "--checkpoint"])
-        .arg(fixture("legacy_keys.pt"))
-        .arg("--arch")
-        .arg(fixture("legacy_keys_arch.pth"))
-        .arg("--input")
-        .arg(&input)
-        .arg("--output")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let output = forward_legacy(&input, &out, &[]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(
@@ -474,21 +470,11 @@ fn forward_cli_warns_about_nan_inputs_and_keeps_them() {
     assert!(logits.values.iter().any(|v| v.is_nan()));
 
     // A finite value near the f32 limit stays finite: its square would overflow f32 in the
-    // first instance norm (MONAI's logits, which accumulate it in f64 on the CPU, are too).
+    // first instance norm (MONAI's float32 logits stay finite here too).
     patch.values[5] = 3e38;
     patch.values[9] = -2e38;
     hypersegnas::monai::npy::write_npy(&input, &patch.shape, &patch.values).unwrap();
-    let output = bin()
-        .args(["forward", "--device", "cpu", "--force", "--checkpoint"])
-        .arg(fixture("legacy_keys.pt"))
-        .arg("--arch")
-        .arg(fixture("legacy_keys_arch.pth"))
-        .arg("--input")
-        .arg(&input)
-        .arg("--output")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let output = forward_legacy(&input, &out, &["--force"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(!stderr.contains("NaN"), "{stderr}");
@@ -519,17 +505,7 @@ fn forward_cli_refuses_bad_patches_with_exit_code_2() {
         (&wrong_rank, "expected [C, D, H, W]"),
         (&wrong_dtype, "float32"),
     ] {
-        let output = bin()
-            .args(["forward", "--device", "cpu", "--checkpoint"])
-            .arg(fixture("legacy_keys.pt"))
-            .arg("--arch")
-            .arg(fixture("legacy_keys_arch.pth"))
-            .arg("--input")
-            .arg(input)
-            .arg("--output")
-            .arg(&out)
-            .output()
-            .unwrap();
+        let output = forward_legacy(input, &out, &[]);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{stderr}");
         let name = input.file_name().unwrap().to_string_lossy();
@@ -540,33 +516,13 @@ fn forward_cli_refuses_bad_patches_with_exit_code_2() {
         assert!(!out.exists());
     }
     // A missing output folder is refused before any work.
-    let output = bin()
-        .args(["forward", "--device", "cpu", "--checkpoint"])
-        .arg(fixture("legacy_keys.pt"))
-        .arg("--arch")
-        .arg(fixture("legacy_keys_arch.pth"))
-        .arg("--input")
-        .arg(fixture("legacy_keys_input.npy"))
-        .arg("--output")
-        .arg(dir.path().join("missing/logits.npy"))
-        .output()
-        .unwrap();
+    let missing = dir.path().join("missing/logits.npy");
+    let output = forward_legacy(&fixture("legacy_keys_input.npy"), &missing, &[]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("does not exist") && !stderr.contains("forward pass done"));
     // The output may not overwrite the input.
-    let output = bin()
-        .args(["forward", "--device", "cpu", "--checkpoint"])
-        .arg(fixture("legacy_keys.pt"))
-        .arg("--arch")
-        .arg(fixture("legacy_keys_arch.pth"))
-        .arg("--input")
-        .arg(&wrong_channels)
-        .arg("--output")
-        .arg(&wrong_channels)
-        .arg("--force")
-        .output()
-        .unwrap();
+    let output = forward_legacy(&wrong_channels, &wrong_channels, &["--force"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("refusing to overwrite"));
 }

@@ -8,10 +8,9 @@
 //! tile per output plane would leave too little work per product, and 1x1x1 kernels, where
 //! the gather is only the ReLU copy (or nothing: without ReLU the input is the matrix).
 
-use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{ConvShape, SharedPtr};
+use super::{ConvShape, SharedPtr, matmul};
 
 /// Target size, in floats, of one tile's gathered matrix: 1 MiB, in this core's cache.
 const COLUMN_FLOATS: usize = 256 * 1024;
@@ -95,26 +94,13 @@ pub fn conv3d_gather(
         // SAFETY: out is `c_out x positions`, weight `c_out x depth`, columns
         // `depth x positions`, all row-major and inside their buffers.
         unsafe {
-            gemm::gemm(
-                c_out,
-                positions,
-                depth,
-                out.as_mut_ptr(),
-                1,
-                positions as isize,
+            matmul(
+                [c_out, positions, depth],
+                (out.as_mut_ptr(), positions),
+                (weight.as_ptr(), depth),
+                (columns.as_ptr(), positions),
                 bias.is_some(),
-                weight.as_ptr(),
-                1,
-                depth as isize,
-                columns.as_ptr(),
-                1,
-                positions as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                Parallelism::Rayon(0),
+                true,
             );
             // SAFETY: the product wrote all `len` floats (or added onto the bias values);
             // `len` is within the capacity.
@@ -150,26 +136,13 @@ pub fn conv3d_gather(
             // output only; weight is `c_out x depth`; rows is `depth x n` at row stride
             // row_stride (the input's channels, or the gathered columns).
             unsafe {
-                gemm::gemm(
-                    c_out,
-                    n,
-                    depth,
-                    dst.get().add(q0),
-                    1,
-                    positions as isize,
+                matmul(
+                    [c_out, n, depth],
+                    (dst.get().add(q0), positions),
+                    (weight.as_ptr(), depth),
+                    (rows.as_ptr(), row_stride),
                     bias.is_some(),
-                    weight.as_ptr(),
-                    1,
-                    depth as isize,
-                    rows.as_ptr(),
-                    1,
-                    row_stride as isize,
-                    1.0,
-                    1.0,
                     false,
-                    false,
-                    false,
-                    Parallelism::None,
                 );
             }
         });

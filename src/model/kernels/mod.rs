@@ -89,6 +89,52 @@ impl SharedPtr {
     }
 }
 
+/// `dst (m x n) = lhs (m x k) * rhs (k x n)`, or `dst += lhs * rhs` with `accumulate`: the
+/// matrices are row-major, each given as a pointer and its row stride (columns are
+/// contiguous); the product runs across rayon's pool when `parallel`.
+///
+/// # Safety
+/// Each matrix must lie inside its buffer at its row stride, and no other thread may touch
+/// `dst`'s elements while the product runs.
+unsafe fn matmul(
+    [m, n, k]: [usize; 3],
+    (dst, dst_stride): (*mut f32, usize),
+    (lhs, lhs_stride): (*const f32, usize),
+    (rhs, rhs_stride): (*const f32, usize),
+    accumulate: bool,
+    parallel: bool,
+) {
+    let parallelism = if parallel {
+        Parallelism::Rayon(0)
+    } else {
+        Parallelism::None
+    };
+    // SAFETY: the caller guarantees the bounds and exclusive access above.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_stride as isize,
+            accumulate,
+            lhs,
+            1,
+            lhs_stride as isize,
+            rhs,
+            1,
+            rhs_stride as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
 /// Spatial volumes up to this size (8^3) run on [`conv3d_gather`]: the padded-grid kernels
 /// waste most of their work on the padding there, and one product over all positions
 /// keeps both threads busy.
@@ -253,26 +299,13 @@ pub fn conv3d_same(
             }
             // SAFETY: as below; the gathered matrix is `c_in * taps x n`, row stride n.
             unsafe {
-                gemm::gemm(
-                    c_out,
-                    n,
-                    c_in * taps,
-                    dst.get().add(q0),
-                    1,
-                    n_out as isize,
-                    false,
-                    weight.as_ptr(),
-                    1,
-                    (c_in * taps) as isize,
-                    columns.as_ptr(),
-                    1,
-                    n as isize,
-                    1.0,
-                    1.0,
+                matmul(
+                    [c_out, n, c_in * taps],
+                    (dst.get().add(q0), n_out),
+                    (weight.as_ptr(), (c_in * taps)),
+                    (columns.as_ptr(), n),
                     false,
                     false,
-                    false,
-                    Parallelism::None,
                 );
             }
             return;
@@ -283,26 +316,13 @@ pub fn conv3d_same(
             // contiguous; the input view reads rows `ci * channel_len + offset + q0 ..+ n`,
             // and offset + q0 + n <= reach + n_out <= channel_len.
             unsafe {
-                gemm::gemm(
-                    c_out,
-                    n,
-                    c_in,
-                    dst.get().add(q0),
-                    1,
-                    n_out as isize,
+                matmul(
+                    [c_out, n, c_in],
+                    (dst.get().add(q0), n_out),
+                    (packed.as_ptr().add(tap * c_out * c_in), c_in),
+                    (padded.as_ptr().add(offset + q0), channel_len),
                     tap > 0,
-                    packed.as_ptr().add(tap * c_out * c_in),
-                    1,
-                    c_in as isize,
-                    padded.as_ptr().add(offset + q0),
-                    1,
-                    channel_len as isize,
-                    1.0,
-                    1.0,
                     false,
-                    false,
-                    false,
-                    Parallelism::None,
                 );
             }
         }
@@ -567,7 +587,7 @@ pub fn instance_norm(x: &mut [f32], channels: usize, gamma: Option<&[f32]>, beta
             let m = mean as f32;
             (mean, sum_f64(v, |x| (x - m) * (x - m)) / volume as f64)
         } else {
-            // Squares this large overflow f32; PyTorch's CPU norm accumulates in f64 too.
+            // Squares this large overflow f32 lanes; plain f64 sums stay finite.
             let mean = v.iter().map(|&x| f64::from(x)).sum::<f64>() / volume as f64;
             let var = v
                 .iter()
@@ -650,6 +670,31 @@ mod tests {
         (input, weight, bias)
     }
 
+    /// A test convolution: kernel, size, input and output channels, ReLU on the input, bias.
+    pub(super) type Case = ([usize; 3], [usize; 3], usize, usize, bool, bool);
+
+    /// Runs `conv` on every case and compares it with [`reference`] (operand seeds from
+    /// `seed` on).
+    pub(super) fn check_against_reference(
+        cases: &[Case],
+        seed: u32,
+        conv: impl Fn(&[f32], &[f32], Option<&[f32]>, ConvShape, bool) -> Vec<f32>,
+    ) {
+        for (i, &(kernel, size, c_in, c_out, relu, with_bias)) in cases.iter().enumerate() {
+            let shape = ConvShape {
+                c_in,
+                c_out,
+                size,
+                kernel,
+            };
+            let (input, weight, bias) = operands(shape, seed + 3 * i as u32, with_bias);
+            let ours = conv(&input, &weight, bias.as_deref(), shape, relu);
+            let want = reference(&input, &weight, bias.as_deref(), shape, relu);
+            let case = format!("case {i} ({kernel:?}, {size:?})");
+            assert_close(&ours, &want, 1e-5, &case);
+        }
+    }
+
     /// Asserts `ours` and `want` have the same length and differ by at most `tolerance`
     /// times `max(1, max |want|)` anywhere.
     pub(super) fn assert_close(ours: &[f32], want: &[f32], tolerance: f32, case: &str) {
@@ -692,18 +737,7 @@ mod tests {
             ([1, 3, 3], [4, 3, 4], 20, 2, false, true),
             ([1, 1, 1], [2, 3, 4], 16, 5, true, true),
         ];
-        for (i, (kernel, size, c_in, c_out, relu, with_bias)) in cases.into_iter().enumerate() {
-            let shape = ConvShape {
-                c_in,
-                c_out,
-                size,
-                kernel,
-            };
-            let (input, weight, bias) = operands(shape, 3 * i as u32, with_bias);
-            let ours = conv3d_same(&input, &weight, bias.as_deref(), shape, relu);
-            let want = reference(&input, &weight, bias.as_deref(), shape, relu);
-            assert_close(&ours, &want, 1e-5, &format!("case {i} ({kernel:?})"));
-        }
+        check_against_reference(&cases, 0, conv3d_same);
     }
 
     #[test]

@@ -16,10 +16,9 @@
 
 use std::mem::MaybeUninit;
 
-use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{ConvShape, SharedPtr, pad_input};
+use super::{ConvShape, SharedPtr, matmul, pad_input};
 
 /// Floats that one block's transformed input and products may take together (the block
 /// then stays in this core's share of the last-level cache): 4 MiB.
@@ -147,26 +146,13 @@ pub fn conv3d_winograd(
                 // SAFETY: m[xi] is `c_out x n` (row stride n), u[xi] is `c_out x c_in`
                 // contiguous, v[xi] is `c_in x n` (row stride n); all inside their buffers.
                 unsafe {
-                    gemm::gemm(
-                        c_out,
-                        n,
-                        c_in,
-                        m.as_mut_ptr().add(xi * c_out * n),
-                        1,
-                        n as isize,
-                        false,
-                        u.as_ptr().add(xi * c_out * c_in),
-                        1,
-                        c_in as isize,
-                        v.as_ptr().add(xi * c_in * n),
-                        1,
-                        n as isize,
-                        1.0,
-                        1.0,
+                    matmul(
+                        [c_out, n, c_in],
+                        (m.as_mut_ptr().add(xi * c_out * n), n),
+                        (u.as_ptr().add(xi * c_out * c_in), c_in),
+                        (v.as_ptr().add(xi * c_in * n), n),
                         false,
                         false,
-                        false,
-                        Parallelism::None,
                     );
                 }
             }
@@ -510,7 +496,7 @@ fn output_transform(
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{assert_close, operands, reference};
+    use super::super::tests::check_against_reference;
     use super::*;
 
     #[test]
@@ -528,18 +514,6 @@ mod tests {
             ([3, 1, 1], [7, 2, 2], 6, 5, true, false),
             ([1, 3, 3], [1, 1, 1], 2, 2, true, true),
         ];
-        for (i, (kernel, size, c_in, c_out, relu, with_bias)) in cases.into_iter().enumerate() {
-            let shape = ConvShape {
-                c_in,
-                c_out,
-                size,
-                kernel,
-            };
-            let (input, weight, bias) = operands(shape, 10 + 3 * i as u32, with_bias);
-            let ours = conv3d_winograd(&input, &weight, bias.as_deref(), shape, relu);
-            let want = reference(&input, &weight, bias.as_deref(), shape, relu);
-            let case = format!("case {i} ({kernel:?}, {size:?})");
-            assert_close(&ours, &want, 1e-5, &case);
-        }
+        check_against_reference(&cases, 10, conv3d_winograd);
     }
 }
